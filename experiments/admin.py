@@ -1,0 +1,130 @@
+from django.contrib import admin, messages
+from django.db import transaction
+
+from .models import ApiToken, DesiredState, Event, Experiment, FlagSchema, Job, Sweep
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History is written by SkyDeck itself; the admin only shows it."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def _set_state_action(state):
+    def action(modeladmin, request, queryset):
+        changed = 0
+        with transaction.atomic():
+            for experiment in queryset.select_for_update() if transaction.get_connection().features.has_select_for_update else queryset:
+                if experiment.set_desired_state(state, user=request.user, source="admin"):
+                    changed += 1
+        modeladmin.message_user(
+            request, f"{changed} experiment(s) set to {state}; {queryset.count() - changed} already were.", messages.SUCCESS
+        )
+
+    action.__name__ = f"set_{state.lower()}"
+    action.short_description = f"Set desired state to {state}"
+    return action
+
+
+class JobInline(admin.TabularInline):
+    model = Job
+    fields = ("attempt", "status", "exit_code", "failure_kind", "cluster_name", "sky_job_id", "started_at", "ended_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("-attempt",)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    list_display = ("name", "phase", "desired_state", "backend", "tag_list", "last_job_status", "starred", "updated_at")
+    list_filter = ("desired_state", "phase", "backend", "restart_policy", "starred", "sweep")
+    search_fields = ("name", "description", "command")
+    actions = [_set_state_action(s) for s in DesiredState.values]
+    readonly_fields = (
+        "generation", "observed_generation", "run_number", "phase", "status_reason", "status_message",
+        "failure_count", "next_attempt_at", "last_reconciled_at", "created_at", "updated_at",
+    )
+    inlines = [JobInline]
+    list_per_page = 100
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("jobs")
+
+    @admin.display(description="Tags")
+    def tag_list(self, obj):
+        return ", ".join(obj.tags or [])
+
+    @admin.display(description="Last job")
+    def last_job_status(self, obj):
+        job = obj.last_job
+        return f"#{job.attempt} {job.status}" if job else "—"
+
+    def save_model(self, request, obj, form, change):
+        desired_changed = change and "desired_state" in form.changed_data
+        spec_changed = obj.spec_changed()
+        new_state = obj.desired_state
+        if desired_changed:
+            # Go through set_desired_state so the change is audited and reconciled.
+            obj.desired_state = form.initial.get("desired_state", obj.desired_state)
+        super().save_model(request, obj, form, change)
+        if not change:
+            Event.record(obj, Event.Kind.CREATED, "Created in the admin", user=request.user, actor="admin")
+            if obj.desired_state == DesiredState.RUNNING:
+                obj.run_number += 1
+                obj.save(update_fields=["run_number"])
+                obj.reconcile_soon()
+        elif spec_changed:
+            Event.record(obj, Event.Kind.SPEC, f"Spec edited in the admin (generation {obj.generation})", user=request.user, actor="admin")
+        if desired_changed:
+            obj.set_desired_state(new_state, user=request.user, source="admin")
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ("name", "experiment", "attempt", "status", "exit_code", "failure_kind", "cluster_name", "created_at", "ended_at")
+    list_filter = ("status", "failure_kind", "backend")
+    search_fields = ("name", "experiment__name", "cluster_name", "error_message")
+    list_select_related = ("experiment",)
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "experiment", "kind", "actor", "user", "message")
+    list_filter = ("kind", "actor")
+    search_fields = ("message", "experiment__name")
+    list_select_related = ("experiment", "user")
+
+
+@admin.register(FlagSchema)
+class FlagSchemaAdmin(admin.ModelAdmin):
+    list_display = ("namespace", "path", "type", "default", "required", "source")
+    list_filter = ("namespace", "type", "source", "required")
+    search_fields = ("path", "description", "namespace")
+
+
+@admin.register(Sweep)
+class SweepAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "base", "max_concurrent", "created_at")
+    search_fields = ("name",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
+    fields = ("user", "name", "prefix", "key_hash", "created_at", "last_used_at", "revoked_at")
+
+    def has_add_permission(self, request):
+        return False  # tokens are issued with manage.py create_api_token or from the account page
