@@ -265,8 +265,8 @@ class Experiment(models.Model):
 
     # The spec as it was loaded, so save() can tell whether it changed.
     @classmethod
-    def from_db(cls, db, field_names, values):
-        instance = super().from_db(db, field_names, values)
+    def from_db(cls, db, field_names, values, **kwargs):
+        instance = super().from_db(db, field_names, values, **kwargs)
         instance._loaded_spec = instance.spec_fingerprint() if set(SPEC_FIELDS) <= set(field_names) else None
         return instance
 

@@ -1,0 +1,53 @@
+import factory
+from django.contrib.auth import get_user_model
+
+from experiments.models import Experiment, FlagSchema, Job, Sweep
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    password = factory.PostGenerationMethodCall("set_password", "correct horse battery")
+
+
+class ExperimentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Experiment
+
+    name = factory.Sequence(lambda n: f"exp-{n}")
+    command = "echo hello"
+    flags = factory.LazyFunction(dict)
+    backend = "local"
+    desired_state = "STOPPED"
+
+
+class JobFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Job
+
+    experiment = factory.SubFactory(ExperimentFactory)
+    attempt = factory.Sequence(lambda n: n + 1)
+    generation = 1
+    backend = "local"
+    name = factory.LazyAttribute(lambda o: f"sd-{o.experiment.name}-{o.attempt}")
+    command = "echo hello"
+    status = "SUCCEEDED"
+
+
+class SweepFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Sweep
+
+    name = factory.Sequence(lambda n: f"sweep-{n}")
+
+
+class FlagSchemaFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = FlagSchema
+
+    namespace = "default"
+    path = factory.Sequence(lambda n: f"trainer.flag{n}")
+    type = "string"
