@@ -63,6 +63,11 @@ def poll_backend(name, *, request_ids=(), managed=False):
         return result
     backend = get_backend(name)
     try:
+        # Requests first: a launch or down that just finished then shows in the
+        # cluster list of this same poll, not the next one.
+        if request_ids:
+            result.calls += 1
+            result.requests = backend.resolve_requests(list(request_ids))
         result.calls += 1
         result.clusters = {c.name: c for c in backend.list_clusters()}
         for cluster in result.clusters.values():
@@ -76,9 +81,6 @@ def poll_backend(name, *, request_ids=(), managed=False):
                     raise
                 except BackendError as exc:
                     logger.warning("queue of %s failed: %s", cluster.name, exc)
-        if request_ids:
-            result.calls += 1
-            result.requests = backend.resolve_requests(list(request_ids))
         if managed and hasattr(backend, "list_managed_jobs"):
             result.calls += 1
             result.managed_jobs = backend.list_managed_jobs()
