@@ -415,6 +415,13 @@ class SkyPilotBackend:
         if not ids:
             return {}
         payloads = self._call("api_status", sky.api_status, ids)
+        if not payloads:
+            # The SDK answers "nothing" when a local API server is not running;
+            # start it (as any other call would) and ask again before calling requests lost.
+            from sky.server import common as server_common
+
+            self._call("api_health", server_common.check_server_healthy_or_start_fn)
+            payloads = self._call("api_status", sky.api_status, ids)
         by_id = {p.request_id: p for p in payloads}
         results = {}
         fetched = 0
