@@ -175,7 +175,18 @@ ERRORS = {
     "InvalidCloudConfigs": ("invalid", "InvalidSpec", False),
     "KubernetesValidationError": ("invalid", "InvalidSpec", False),
     "StorageSpecError": ("invalid", "InvalidSpec", False),
-    "StorageError": ("invalid", "InvalidSpec", False),
+    "StorageNameError": ("invalid", "InvalidSpec", False),
+    "StorageModeError": ("invalid", "InvalidSpec", False),
+    "StorageSourceError": ("invalid", "InvalidSpec", False),
+    "StorageError": ("error", "StorageError", True),
+    "StorageInitError": ("error", "StorageError", True),
+    "StorageBucketCreateError": ("error", "StorageError", True),
+    "StorageBucketGetError": ("error", "StorageError", True),
+    "StorageBucketDeleteError": ("error", "StorageError", True),
+    "StorageUploadError": ("error", "StorageError", True),
+    "StorageExternalDeletionError": ("error", "StorageError", True),
+    "NonExistentStorageAccountError": ("error", "StorageError", True),
+    "SkyPilotExcludeArgsBaseException": ("error", "SkyPilotError", True),
     "GitError": ("invalid", "InvalidSpec", False),
     "InvalidWorkspaceNameError": ("invalid", "InvalidSpec", False),
     "WorkspaceAmbiguousError": ("invalid", "InvalidSpec", False),
@@ -228,7 +239,10 @@ def map_exception(exc):
         return exc
     entry = _lookup(exc)
     name = type(exc).__name__
-    message = clean(exc) or name
+    try:
+        message = clean(exc) or name
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails still needs an outcome
+        message = name
     if entry is None:
         return BackendError(f"SkyPilot error ({name}): {message}", reason="SkyPilotError", retryable=True)
     kind, reason, retryable = entry
