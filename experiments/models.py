@@ -196,6 +196,12 @@ class Sweep(models.Model):
     def get_absolute_url(self):
         return reverse("experiments:sweep_detail", args=[self.name])
 
+    def clean(self):
+        super().clean()
+        from experiments.sweeps import validate_sweep
+
+        validate_sweep(self.kind, self.parameters, self.samples)
+
 
 class Experiment(models.Model):
     # --- spec -------------------------------------------------------------
@@ -288,6 +294,28 @@ class Experiment(models.Model):
 
     def get_absolute_url(self):
         return reverse("experiments:detail", args=[self.name])
+
+    def clean(self):
+        """Flags checked and coerced against their schemas: the form, the admin and the API all pass here."""
+        super().clean()
+        from experiments.flags import validate_against_schema
+
+        if isinstance(self.flags, dict):
+            coerced, errors, unknown = validate_against_schema(self.flags)
+            if errors:
+                raise ValidationError({"flags": list(errors.values())})
+            self.flags = coerced
+            self._unknown_flags = unknown
+
+    @property
+    def unknown_flags(self):
+        """Flags that no schema describes: allowed, and shown as such."""
+        cached = getattr(self, "_unknown_flags", None)
+        if cached is None:
+            from experiments.flags import unknown_paths
+
+            cached = self._unknown_flags = unknown_paths(self.flags)
+        return cached
 
     # --- derived -----------------------------------------------------------
 

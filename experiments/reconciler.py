@@ -254,6 +254,23 @@ def _sweep_slot_free(experiment, active):
     return running < sweep.max_concurrent
 
 
+def _take_sweep_slot(experiment):
+    """Recheck the sweep's limit under a lock, inside the transaction that writes the Job.
+
+    Two reconcilers that both saw a free slot must not both launch: the sweep
+    row lock (PostgreSQL) or the IMMEDIATE write transaction (SQLite) orders them.
+    """
+    if not experiment.sweep_id:
+        return True
+    from .models import Sweep
+
+    sweep = Sweep.objects.select_for_update().filter(pk=experiment.sweep_id).first()
+    if sweep is None or not sweep.max_concurrent:
+        return True
+    running = Job.objects.active().filter(experiment__sweep=sweep).exclude(experiment=experiment).count()
+    return running < sweep.max_concurrent
+
+
 def observe_experiment(experiment, now=None):
     """Gather what plan() needs for one experiment: a few small queries."""
     now = now or timezone.now()
@@ -401,6 +418,10 @@ def _launch(experiment, decision, backend):
     # Intent first: the Job row exists before the backend hears of it.
     try:
         with transaction.atomic():
+            if not _take_sweep_slot(experiment):
+                _set_status(experiment, Plan(Action.WAIT, "WaitingForSweepSlot",
+                                             "The sweep is at its max_concurrent limit.", Phase.PENDING))
+                return False
             job = Job.objects.create(
                 experiment=experiment,
                 attempt=attempt,

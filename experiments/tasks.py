@@ -11,6 +11,7 @@ from clusters.models import Cluster, Heartbeat
 from . import reconciler
 from .models import Experiment
 from .observe import poll_all
+from .sweeps import waiting_siblings
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def backends_in_use():
 def run_poll():
     started = timezone.now()
     polls, changed = poll_all(backends_in_use())
+    # A sweep child that finished frees a slot: its waiting siblings start now, not a pass later.
+    changed |= waiting_siblings(changed)
     outcomes = [reconciler.reconcile(pk) for pk in sorted(changed)]
     summary = "; ".join(p.summary() for p in polls) or "no backend in use"
     Heartbeat.beat("poll", started_at=started, summary=summary, ok=all(p.reachable for p in polls))
