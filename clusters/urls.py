@@ -6,4 +6,5 @@ app_name = "clusters"
 
 urlpatterns = [
     path("", views.cluster_list, name="list"),
+    path("<str:backend>/<str:name>/<str:action>/", views.cluster_action, name="action"),
 ]

@@ -6,10 +6,20 @@ app_name = "experiments"
 
 urlpatterns = [
     path("", views.experiment_list, name="list"),
+    path("experiments/bulk/", views.experiment_bulk, name="bulk"),
     path("experiments/new/", views.experiment_create, name="create"),
+    path("experiments/flags/row/", views.flag_row, name="flag_row"),
+    path("experiments/flags/search/", views.flag_search, name="flag_search"),
+    path("experiments/preview/", views.command_preview, name="preview"),
     path("experiments/<slug:name>/", views.experiment_detail, name="detail"),
+    path("experiments/<slug:name>/edit/", views.experiment_edit, name="edit"),
+    path("experiments/<slug:name>/clone/", views.experiment_clone, name="clone"),
     path("experiments/<slug:name>/state/", views.experiment_set_state, name="set_state"),
+    path("experiments/<slug:name>/restart/", views.experiment_restart, name="restart"),
+    path("experiments/<slug:name>/star/", views.experiment_star, name="star"),
+    path("experiments/<slug:name>/delete/", views.experiment_delete, name="delete"),
     path("experiments/<slug:name>/jobs/<int:attempt>/", views.job_detail, name="job_detail"),
+    path("experiments/<slug:name>/jobs/<int:attempt>/log/", views.job_log, name="job_log"),
     path("sweeps/", sweep_views.sweep_list, name="sweep_list"),
     path("sweeps/<slug:name>/", sweep_views.sweep_detail, name="sweep_detail"),
 ]
