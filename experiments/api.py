@@ -21,7 +21,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, ConfigDict, model_validator
 
 from clusters.models import BackendHealth, Cluster, Heartbeat
 
@@ -481,7 +481,13 @@ class CountOut(Schema):
 # --- input schemas ----------------------------------------------------------------------------
 
 
-class ExperimentIn(Schema):
+class In(Schema):
+    """A request body: JSON types are taken as they are (no 0 for false, no "3" for 3)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class ExperimentIn(In):
     name: Name = Field(description="Unique slug: lowercase letters, digits and hyphens")
     command: Text = Field(min_length=1, description="The base command; flags are appended as key=value")
     description: Text = ""
@@ -508,7 +514,7 @@ class ExperimentIn(Schema):
     desired_state: DesiredStateName = "STOPPED"
 
 
-class ExperimentPatch(Schema):
+class ExperimentPatch(In):
     """Only the fields sent change; a spec change bumps the generation."""
 
     command: Text | None = Field(None, min_length=1)
@@ -539,23 +545,23 @@ class ExperimentPatch(Schema):
 NULLABLE_FIELDS = {"disk_size", "autostop_minutes"}
 
 
-class StateIn(Schema):
+class StateIn(In):
     desired_state: DesiredStateName
 
 
-class FlagsIn(Schema):
+class FlagsIn(In):
     flags: dict[FlagKey, FlagValue]
     merge: bool = Field(False, description="Keep flags not named here (default: replace them all)")
 
 
-class RangeIn(Schema):
+class RangeIn(In):
     min: int | FiniteFloat
     max: int | FiniteFloat
     log: bool = False
     type: Literal["int", "float"] | None = None
 
 
-class SweepIn(Schema):
+class SweepIn(In):
     name: Name
     base: Annotated[Text, Field(min_length=1, max_length=60)] = Field(description="The base experiment's id or name")
     kind: Literal["grid", "random"] = "grid"
