@@ -114,12 +114,13 @@ def celery_worker_process(transactional_db, redis_url, local_root, tmp_path):
 
     redis.Redis.from_url(redis_url).flushdb()
     log = tmp_path / "worker.log"
-    env = subprocess_env(CELERY_BROKER_URL=redis_url)
+    # Embedded beat with short intervals, so the periodic passes really run.
+    env = subprocess_env(CELERY_BROKER_URL=redis_url, SKYDECK_POLL_INTERVAL=1, SKYDECK_RECONCILE_INTERVAL=2)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "skydeck_site", "worker", "--loglevel=INFO",
              "--concurrency=2", "--pool=prefork", f"--hostname=test-{os.getpid()}@%h", "--without-mingle",
-             "--without-gossip"],
+             "--without-gossip", "--beat", f"--schedule={tmp_path / 'beat-schedule'}"],
             cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
     deadline = time.monotonic() + 60
@@ -135,17 +136,25 @@ def celery_worker_process(transactional_db, redis_url, local_root, tmp_path):
     from skydeck_site.celery import app
 
     old = app.conf.broker_url
-    app.conf.broker_url = redis_url
-    app.pool.force_close_all() if hasattr(app.pool, "force_close_all") else None
+    _use_broker(app, redis_url)
     try:
         yield proc, log
     finally:
-        app.conf.broker_url = old
+        _use_broker(app, old)
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _use_broker(app, url):
+    """Point this process's Celery app at another broker, dropping cached connections."""
+    app.conf.broker_url = url
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
 
 
 def wait_for(predicate, timeout=30.0, interval=0.2, message="condition"):
