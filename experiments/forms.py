@@ -379,7 +379,7 @@ class ExperimentFilterForm(forms.Form):
         return queryset.order_by(*self.SORTS.get(v.get("sort") or "-created", self.SORTS["-created"]))
 
     @property
-    def per_page(self):
+    def page_size(self):
         return self.values().get("per_page") or 50
 
     @property

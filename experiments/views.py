@@ -124,7 +124,7 @@ def differing_flags(rows):
 def _list_context(request):
     filters = ExperimentFilterForm(request.GET or None)
     queryset = filters.filter(list_queryset())
-    paginator = Paginator(queryset, filters.per_page)
+    paginator = Paginator(queryset, filters.page_size)
     page = paginator.get_page(request.GET.get("page"))
     rows = list(page.object_list)
     flag_columns = differing_flags(rows)
