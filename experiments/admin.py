@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 
@@ -46,8 +47,44 @@ class JobInline(admin.TabularInline):
         return False
 
 
+class ExperimentAdminForm(forms.ModelForm):
+    """Flags are checked and coerced against their schemas by Experiment.clean(), as in the form and the API."""
+
+    class Meta:
+        model = Experiment
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "flags" in self.fields and self.instance.pk and self.instance.unknown_flags:
+            self.fields["flags"].help_text = "No schema describes: " + ", ".join(self.instance.unknown_flags)
+
+
+class FlagSchemaAdminForm(forms.ModelForm):
+    class Meta:
+        model = FlagSchema
+        fields = "__all__"
+
+    def clean(self):
+        from .flags import _Refused, coerce_value
+
+        cleaned = super().clean()
+        kind, choices, default = cleaned.get("type"), cleaned.get("choices"), cleaned.get("default")
+        if kind == FlagSchema.Type.CHOICE and not choices:
+            self.add_error("choices", "A choice flag needs its list of choices.")
+        if choices is not None and not isinstance(choices, list):
+            self.add_error("choices", "Choices are a JSON list.")
+        elif default is not None and kind and not self.errors:
+            try:
+                cleaned["default"] = coerce_value(FlagSchema(type=kind, choices=choices or []), default)
+            except _Refused as exc:
+                self.add_error("default", f"The default {exc}.")
+        return cleaned
+
+
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
+    form = ExperimentAdminForm
     list_display = ("name", "phase", "desired_state", "backend", "tag_list", "last_job_status", "starred", "updated_at")
     list_filter = ("desired_state", "phase", "backend", "restart_policy", "starred", "sweep")
     search_fields = ("name", "description", "command")
@@ -109,6 +146,7 @@ class EventAdmin(ReadOnlyAdmin):
 
 @admin.register(FlagSchema)
 class FlagSchemaAdmin(admin.ModelAdmin):
+    form = FlagSchemaAdminForm
     list_display = ("namespace", "path", "type", "default", "required", "source")
     list_filter = ("namespace", "type", "source", "required")
     search_fields = ("path", "description", "namespace")
