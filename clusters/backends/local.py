@@ -143,6 +143,14 @@ class LocalBackend:
 
     def _job_status(self, job_dir, meta):
         exit_code = _read(job_dir / "exit_code")
+        if not exit_code:
+            if _group_alive(meta.get("pgid")):
+                if (job_dir / "cancelled").exists():
+                    return "CANCELLED", None
+                phase = _read(job_dir / "phase")
+                return (phase if phase in {"SETTING_UP", "RUNNING"} else "PENDING"), None
+            # It may have ended between the two looks: read again now that it is gone.
+            exit_code = _read(job_dir / "exit_code")
         if exit_code:
             code = int(exit_code)
             if (job_dir / "cancelled").exists() and code != 0:
@@ -152,9 +160,6 @@ class LocalBackend:
             return ("FAILED_SETUP" if _read(job_dir / "failed_in") == "SETUP" else "FAILED"), code
         if (job_dir / "cancelled").exists():
             return "CANCELLED", None
-        if _group_alive(meta.get("pgid")):
-            phase = _read(job_dir / "phase")
-            return (phase if phase in {"SETTING_UP", "RUNNING"} else "PENDING"), None
         # The process is gone without recording an exit code: killed from outside.
         return "FAILED_DRIVER", None
 

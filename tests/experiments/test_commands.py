@@ -1,0 +1,66 @@
+from io import StringIO
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from tests.conftest import wait_for
+from tests.factories import ExperimentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args):
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_reconcile_and_poll_print_what_they_did(local_root):
+    exp = ExperimentFactory(name="cmd", command="echo hi", desired_state="RUNNING", run_number=1)
+    out, _ = run("reconcile")
+    assert "cmd: launch (Launching)" in out
+    job = exp.jobs.get()
+
+    def finished():
+        out, _ = run("poll")
+        return "SUCCEEDED" == exp.jobs.get().status and out
+
+    out = wait_for(finished, message="job to finish")
+    assert "local: 1 clusters" in out
+    assert job.name == "sd-cmd-1"
+    out, _ = run("reconcile")
+    assert "Nothing to reconcile." in out
+
+
+def test_reconcile_names_and_unknown_names(local_root):
+    ExperimentFactory(name="named")
+    out, err = run("reconcile", "named", "nope")
+    assert "named: nothing (Stopped)" in out
+    assert "No experiment named 'nope'." in err
+
+
+def test_poll_with_nothing_in_use():
+    out, _ = run("poll")
+    assert "No backend in use" in out
+
+
+def test_ensure_login_creates_a_user_once_and_prints_how_to_log_in(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    out, _ = run("ensure_login")
+    assert "Created the login 'admin'" in out
+    password = (tmp_path / "admin-password.txt").read_text().strip()
+    assert f"as admin / {password}" in out
+    user = get_user_model().objects.get(username="admin")
+    assert user.is_superuser and user.check_password(password)
+    out, _ = run("ensure_login")
+    assert "Created" not in out and f"as admin / {password}" in out
+    assert get_user_model().objects.count() == 1
+
+
+def test_ensure_login_uses_a_given_password(monkeypatch, settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setenv("SKYDECK_ADMIN_PASSWORD", "a-chosen-password")
+    out, _ = run("ensure_login")
+    assert "as admin / a-chosen-password" in out
+    assert not (tmp_path / "admin-password.txt").exists()
