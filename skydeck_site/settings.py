@@ -212,7 +212,7 @@ if env_bool("SKYDECK_PRODUCTION", False):
 
 # --- Celery -----------------------------------------------------------------
 
-CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "filesystem://", {"filesystem", "redis", "rediss", "memory"})
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "filesystem://localhost//", {"filesystem", "redis", "rediss", "memory"})
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
     for sub in ("queue", "processed"):

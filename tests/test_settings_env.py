@@ -17,7 +17,7 @@ def load_settings(**env):
 def test_defaults_are_sqlite_filesystem_broker_and_seed_intervals():
     out = load_settings()
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["django.db.backends.sqlite3", "filesystem://", "30.0", "60.0", "False"]
+    assert out.stdout.split() == ["django.db.backends.sqlite3", "filesystem://localhost//", "30.0", "60.0", "False"]
 
 
 def test_postgres_and_redis_urls():
