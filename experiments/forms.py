@@ -19,7 +19,7 @@ from clusters.models import Backend
 
 from .flags import validate_against_schema
 from .launch import build_command, validate_flag_key
-from .models import TAG_RE, DesiredState, Experiment, FlagSchema, Phase
+from .models import SPEC_FIELDS, TAG_RE, DesiredState, Experiment, FlagSchema, Phase
 
 FLAG_INPUT_RE = re.compile(r"^flag-([A-Za-z0-9_]{1,32})-(key|type|value)$")
 FLAG_TYPES = [("string", "Text"), ("integer", "Integer"), ("float", "Float"), ("boolean", "Boolean"), ("choice", "Choice")]
@@ -264,7 +264,7 @@ class ExperimentForm(forms.ModelForm):
             self.flag_rows = rows_from_flags(self.initial.get("flags") or self.instance.flags or {})
         self.flag_errors = False
         self.flags = {}
-        self.original_flags = dict(self.instance.flags or {})
+        self.original_spec = {f: getattr(self.instance, f) for f in SPEC_FIELDS}
 
     def clean_name(self):
         name = self.cleaned_data["name"]
@@ -298,12 +298,8 @@ class ExperimentForm(forms.ModelForm):
         super()._post_clean()
 
     def changed_spec_fields(self):
-        from .models import SPEC_FIELDS
-
-        changed = [f for f in self.changed_data if f in SPEC_FIELDS]
-        if self.flags != self.original_flags:
-            changed.append("flags")
-        return changed
+        """Spec fields whose value differs from what was loaded (after a valid form)."""
+        return [f for f in SPEC_FIELDS if getattr(self.instance, f) != self.original_spec[f]]
 
 
 def preview_command(data):

@@ -1,0 +1,194 @@
+"""Create, edit and clone: the flag editor, typed values, schema errors, the command preview."""
+
+import pytest
+from django.urls import reverse
+
+from experiments.models import Event, Experiment
+from tests.factories import ExperimentFactory, FlagSchemaFactory, JobFactory
+
+pytestmark = pytest.mark.django_db
+HX = {"HX-Request": "true"}
+
+
+def form_data(**overrides):
+    data = {
+        "name": "new-exp", "description": "", "command": "python train.py", "flag_style": "plain", "backend": "local",
+        "accelerators": "", "num_nodes": "1", "cpus": "", "memory": "", "infra": "", "disk_size": "", "image_id": "",
+        "autostop_minutes": "", "workdir": "", "setup": "", "envs": "", "restart_policy": "never", "max_restarts": "3",
+        "tags": "a, b", "desired_state": "STOPPED",
+        "flag-r1-key": "trainer.lr", "flag-r1-type": "float", "flag-r1-value": "0.001",
+        "flag-r2-key": "trainer.amp", "flag-r2-type": "boolean", "flag-r2-value": "true",
+        "flag-r3-key": "trainer.epochs", "flag-r3-type": "integer", "flag-r3-value": "10",
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_create_with_typed_flags(owner_client, owner):
+    response = owner_client.post(reverse("experiments:create"), form_data(envs="A=1\nB=two"))
+    experiment = Experiment.objects.get(name="new-exp")
+    assert response["Location"] == experiment.get_absolute_url()
+    assert experiment.flags == {"trainer.lr": 0.001, "trainer.amp": True, "trainer.epochs": 10}
+    assert experiment.tags == ["a", "b"]
+    assert experiment.envs == {"A": "1", "B": "two"}
+    assert experiment.created_by == owner
+    assert experiment.events.get().kind == Event.Kind.CREATED
+
+
+def test_unchecked_boolean_flag_is_false(owner_client):
+    owner_client.post(reverse("experiments:create"), form_data(**{"flag-r2-value": None}))
+    assert Experiment.objects.get(name="new-exp").flags["trainer.amp"] is False
+
+
+def test_create_running_goes_through_desired_state(owner_client):
+    owner_client.post(reverse("experiments:create"), form_data(desired_state="RUNNING"))
+    experiment = Experiment.objects.get(name="new-exp")
+    assert experiment.desired_state == "RUNNING" and experiment.run_number == 1
+    assert list(experiment.events.values_list("kind", flat=True).order_by("id")) == ["created", "desired_state"]
+
+
+@pytest.mark.parametrize("overrides,field_error", [
+    ({"name": "Bad Name"}, "name"),
+    ({"name": "new"}, "name"),
+    ({"command": ""}, "command"),
+    ({"num_nodes": "2"}, "num_nodes"),
+    ({"tags": "ok, no!"}, "tags"),
+    ({"envs": "not an assignment"}, "envs"),
+    ({"backend": "nowhere"}, "backend"),
+])
+def test_bad_input_shows_errors_and_saves_nothing(owner_client, overrides, field_error):
+    response = owner_client.post(reverse("experiments:create"), form_data(**overrides))
+    assert response.status_code == 200
+    assert field_error in response.context["form"].errors
+    assert 'aria-invalid="true"' in response.content.decode()
+    assert not Experiment.objects.exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"flag-r3-value": "ten"}, "trainer.epochs: 'ten' is not a whole number."),
+    ({"flag-r1-value": "fast"}, "trainer.lr: 'fast' is not a number."),
+    ({"flag-r1-key": "bad key;rm"}, "is not valid"),
+    ({"flag-r3-key": "trainer.lr"}, "trainer.lr is set twice."),
+    ({"flag-r3-key": ""}, "Give this flag a name."),
+])
+def test_bad_flags_are_marked_on_their_row(owner_client, overrides, message):
+    response = owner_client.post(reverse("experiments:create"), form_data(**overrides))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Some flags are not valid" in body
+    assert message.replace("'", "&#x27;") in body
+    assert 'class="flag-row has-error"' in body
+    assert not Experiment.objects.exists()
+    # what the user typed is kept
+    assert 'value="python train.py"' in body or "python train.py" in body
+
+
+def test_schema_errors_show_per_flag_row(owner_client, monkeypatch):
+    def validate(flags):
+        return flags, {"trainer.epochs": "trainer.epochs must be at most 5"}, ["trainer.amp"]
+
+    monkeypatch.setattr("experiments.forms.validate_against_schema", validate)
+    response = owner_client.post(reverse("experiments:create"), form_data())
+    body = response.content.decode()
+    assert 'id="flag-r3-error">trainer.epochs must be at most 5<' in body
+    assert not Experiment.objects.exists()
+
+
+def test_choice_schema_is_a_select_and_checks_the_value(owner_client):
+    FlagSchemaFactory(path="trainer.optim", type="choice", choices=["adam", "sgd"])
+    response = owner_client.post(reverse("experiments:create"), form_data(**{
+        "flag-r4-key": "trainer.optim", "flag-r4-type": "choice", "flag-r4-value": "rmsprop"}))
+    assert "trainer.optim: choose one of adam, sgd." in response.content.decode()
+    owner_client.post(reverse("experiments:create"), form_data(**{
+        "flag-r4-key": "trainer.optim", "flag-r4-type": "choice", "flag-r4-value": "sgd"}))
+    assert Experiment.objects.get().flags["trainer.optim"] == "sgd"
+
+
+def test_flag_row_fits_the_schema(owner_client):
+    FlagSchemaFactory(path="trainer.amp", type="boolean", default=True, description="mixed precision")
+    FlagSchemaFactory(path="trainer.optim", type="choice", choices=["adam", "sgd"])
+    body = owner_client.get(reverse("experiments:flag_row") + "?uid=u1&flag-u1-key=trainer.amp&flag-u1-type=string", headers=HX).content.decode()
+    assert 'type="checkbox" name="flag-u1-value" id="flag-u1-value" value="true" checked' in body
+    assert "mixed precision" in body
+    body = owner_client.get(reverse("experiments:flag_row") + "?uid=u2&flag-u2-key=trainer.optim", headers=HX).content.decode()
+    assert '<select name="flag-u2-value"' in body and ">sgd<" in body
+    body = owner_client.get(reverse("experiments:flag_row") + "?uid=u3&flag-u3-key=my.own", headers=HX).content.decode()
+    assert "Not a known flag" in body
+    new = owner_client.get(reverse("experiments:flag_row"), headers=HX).content.decode()
+    assert 'class="flag-row"' in new
+
+
+def test_flag_typeahead_searches_known_paths(owner_client):
+    FlagSchemaFactory(path="trainer.lr", type="float")
+    FlagSchemaFactory(path="model.depth", type="integer")
+    body = owner_client.get(reverse("experiments:flag_search") + "?flag-x-key=train", headers=HX).content.decode()
+    assert 'value="trainer.lr"' in body and "model.depth" not in body
+
+
+def test_command_preview_is_the_exact_line(owner_client):
+    response = owner_client.post(reverse("experiments:preview"), form_data(**{"flag-r4-key": "note", "flag-r4-value": "a b; rm"}), headers=HX)
+    assert "python train.py &#x27;note=a b; rm&#x27; trainer.amp=true trainer.epochs=10 trainer.lr=0.001" in response.content.decode()
+    response = owner_client.post(reverse("experiments:preview"), form_data(flag_style="dashdash"), headers=HX)
+    assert "--trainer.amp=true" in response.content.decode()
+    response = owner_client.post(reverse("experiments:preview"), form_data(**{"flag-r3-value": "x"}), headers=HX)
+    assert "Fix the flags" in response.content.decode()
+
+
+def test_edit_bumps_generation_and_records_a_spec_event(owner_client):
+    experiment = ExperimentFactory(name="edited", command="python a.py", flags={"lr": 0.1})
+    page = owner_client.get(reverse("experiments:edit", args=["edited"])).content.decode()
+    assert 'value="lr"' in page and "disabled" in page
+    data = form_data(name="ignored", command="python b.py", **{"flag-r1-key": "lr", "flag-r1-value": "0.2"})
+    response = owner_client.post(reverse("experiments:edit", args=["edited"]), data, follow=True)
+    experiment.refresh_from_db()
+    assert experiment.name == "edited"
+    assert experiment.command == "python b.py" and experiment.flags["lr"] == 0.2
+    assert experiment.generation == 2
+    event = experiment.events.get(kind=Event.Kind.SPEC)
+    assert "command" in event.data["fields"] and "flags" in event.data["fields"]
+    assert any("Saved edited" in str(m) for m in response.context["messages"])
+
+
+def test_edit_of_a_running_experiment_says_it_applies_on_restart(owner_client):
+    experiment = ExperimentFactory(name="live", desired_state="RUNNING", flags={})
+    JobFactory(experiment=experiment, attempt=1, status="RUNNING", generation=1)
+    page = owner_client.get(reverse("experiments:edit", args=["live"])).content.decode()
+    assert "applies when the experiment restarts" in page and "restart_now" in page
+    data = form_data(desired_state="RUNNING", command="python c.py")
+    response = owner_client.post(reverse("experiments:edit", args=["live"]), data, follow=True)
+    assert any("keeps running the previous spec" in str(m) for m in response.context["messages"])
+    assert "Restart to apply" in response.content.decode()
+    experiment.refresh_from_db()
+    assert experiment.run_number == 0
+    owner_client.post(reverse("experiments:edit", args=["live"]), form_data(desired_state="RUNNING", command="python d.py", restart_now="on"))
+    experiment.refresh_from_db()
+    assert experiment.run_number == 1
+    assert experiment.events.filter(kind=Event.Kind.RESTART).exists()
+
+
+def test_edit_desired_state_goes_through_set_desired_state(owner_client):
+    experiment = ExperimentFactory(name="st", flags={})
+    owner_client.post(reverse("experiments:edit", args=["st"]), form_data(desired_state="RUNNING", command="echo hello", **{
+        "flag-r1-key": None, "flag-r1-type": None, "flag-r1-value": None, "flag-r2-key": None, "flag-r2-type": None,
+        "flag-r2-value": None, "flag-r3-key": None, "flag-r3-type": None, "flag-r3-value": None}))
+    experiment.refresh_from_db()
+    assert experiment.desired_state == "RUNNING"
+    assert experiment.events.filter(kind=Event.Kind.DESIRED_STATE).count() == 1
+    assert not experiment.events.filter(kind=Event.Kind.SPEC).exists()
+
+
+def test_bad_edit_saves_nothing(owner_client):
+    experiment = ExperimentFactory(name="keep", command="python a.py")
+    response = owner_client.post(reverse("experiments:edit", args=["keep"]), form_data(command="", **{"flag-r3-value": "x"}))
+    assert response.status_code == 200
+    experiment.refresh_from_db()
+    assert experiment.command == "python a.py" and experiment.generation == 1
+
+
+def test_clone_prefills_the_form(owner_client):
+    ExperimentFactory(name="src", command="python s.py", flags={"seed": 1, "amp": True}, tags=["x"])
+    body = owner_client.get(reverse("experiments:clone", args=["src"])).content.decode()
+    assert 'value="src-copy"' in body
+    assert 'value="seed"' in body and 'value="amp"' in body
+    assert f'action="{reverse("experiments:create")}"' in body
+    assert "python s.py amp=true seed=1" in body

@@ -1,0 +1,75 @@
+"""The live log: read from an offset, ANSI colours rendered safely, polling stops at the end."""
+
+import pytest
+from django.urls import reverse
+
+from experiments.ansi import ansi_to_html
+from tests.factories import ExperimentFactory, JobFactory
+
+pytestmark = pytest.mark.django_db
+HX = {"HX-Request": "true"}
+
+
+def test_ansi_colours_become_spans_and_text_is_escaped():
+    out = ansi_to_html("\x1b[1;31merror\x1b[0m <b>&</b>")
+    assert out.html == '<span class="ansi-bold ansi-fg-red">error</span> &lt;b&gt;&amp;&lt;/b&gt;'
+    assert out.state == "" and out.held == ""
+
+
+def test_ansi_state_carries_over_and_a_cut_sequence_is_held():
+    first = ansi_to_html("\x1b[32mgreen start\x1b[")
+    assert first.html == '<span class="ansi-fg-green">green start</span>'
+    assert first.held == "\x1b[" and first.state == "32"
+    second = ansi_to_html("1mmore\x1b[0m plain", first.state)
+    assert second.html.startswith('<span class="ansi-fg-green">1mmore</span>')
+    third = ansi_to_html("\x1b[1mmore\x1b[0m plain", first.state)
+    assert third.html == '<span class="ansi-bold ansi-fg-green">more</span> plain'
+
+
+def test_ansi_drops_other_escapes():
+    assert ansi_to_html("\x1b]0;title\x07a\x1b[2Kb\x1b[?25lc").html == "abc"
+
+
+def test_log_endpoint_appends_from_the_offset(owner_client, tmp_path, local_root):
+    log = tmp_path / "job.log"
+    log.write_bytes(b"line one\n\x1b[33mwarn\x1b[0m\n")
+    experiment = ExperimentFactory(name="logged")
+    JobFactory(experiment=experiment, attempt=1, status="SUCCEEDED", log_path=str(log), cluster_name="sd-logged", sky_job_id=1)
+    url = reverse("experiments:job_log", args=["logged", 1])
+    body = owner_client.get(url + "?offset=0", headers=HX).content.decode()
+    assert 'hx-swap-oob="beforeend:#log-text"' in body
+    assert 'line one\n<span class="ansi-fg-yellow">warn</span>\n' in body
+    assert "End of log" in body  # finished job, whole log read: polling stops
+    body = owner_client.get(url + f"?offset={log.stat().st_size}", headers=HX).content.decode()
+    assert "hx-swap-oob" not in body
+
+
+def test_log_of_an_active_job_keeps_polling_with_the_next_offset(owner_client, tmp_path, local_root):
+    log = tmp_path / "job.log"
+    log.write_bytes(b"abc")
+    experiment = ExperimentFactory(name="tailing")
+    JobFactory(experiment=experiment, attempt=1, status="RUNNING", log_path=str(log), cluster_name="sd-tailing", sky_job_id=1)
+    body = owner_client.get(reverse("experiments:job_log", args=["tailing", 1]) + "?offset=1", headers=HX).content.decode()
+    assert ">bc</div>" in body
+    assert "offset=3" in body and 'hx-trigger="every 2s"' in body
+
+
+def test_log_of_a_job_without_output_yet(owner_client, local_root):
+    experiment = ExperimentFactory(name="quiet")
+    JobFactory(experiment=experiment, attempt=1, status="LAUNCHING")
+    body = owner_client.get(reverse("experiments:job_log", args=["quiet", 1]), headers=HX).content.decode()
+    assert "hx-swap-oob" not in body and "Following the log" in body
+
+
+def test_log_read_failure_is_shown_and_retried(owner_client, monkeypatch, local_root):
+    from clusters.backends.base import BackendUnreachable
+
+    class Broken:
+        def read_log(self, *args):
+            raise BackendUnreachable("API server down")
+
+    monkeypatch.setattr("experiments.views.get_backend", lambda name: Broken())
+    experiment = ExperimentFactory(name="broken")
+    JobFactory(experiment=experiment, attempt=1, status="RUNNING")
+    body = owner_client.get(reverse("experiments:job_log", args=["broken", 1]), headers=HX).content.decode()
+    assert "Cannot read the log: API server down" in body and 'hx-trigger="every 5s"' in body
