@@ -21,5 +21,8 @@ urlpatterns = [
     path("experiments/<slug:name>/jobs/<int:attempt>/", views.job_detail, name="job_detail"),
     path("experiments/<slug:name>/jobs/<int:attempt>/log/", views.job_log, name="job_log"),
     path("sweeps/", sweep_views.sweep_list, name="sweep_list"),
+    path("sweeps/new/", sweep_views.sweep_create, name="sweep_create"),
     path("sweeps/<slug:name>/", sweep_views.sweep_detail, name="sweep_detail"),
+    path("sweeps/<slug:name>/state/", sweep_views.sweep_set_state, name="sweep_set_state"),
+    path("sweeps/<slug:name>/rerun-failed/", sweep_views.sweep_rerun_failed, name="sweep_rerun_failed"),
 ]
