@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 export SKYPILOT_DISABLE_USAGE_COLLECTION := 1
+export SKYDECK_BIND ?= 127.0.0.1:8000
 
 .PHONY: run test install migrate check bench e2e-up e2e-down clean
 
@@ -23,7 +24,7 @@ migrate: install
 
 ## make run: web + Celery worker + beat on SQLite and a filesystem broker under var/
 run: migrate
-	$(PY) manage.py ensure_login
+	$(PY) manage.py ensure_login --url http://$(SKYDECK_BIND)/
 	$(PY) manage.py runall
 
 ## make test: the whole suite; services that are missing are skipped with a reason (CI=true fails instead)

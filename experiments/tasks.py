@@ -57,8 +57,16 @@ def reconcile_all():
     return [str(o) for o in run_reconcile_all()]
 
 
+# After an action, look again soon rather than at the next periodic poll,
+# so a launch shows as RUNNING (or failed) in seconds.
+POLL_SOON_SECONDS = 3
+
+
 @shared_task(name="experiments.tasks.reconcile_experiment")
 def reconcile_experiment(experiment_id):
     if not Experiment.objects.filter(pk=experiment_id).exists():
         return "gone"
-    return str(reconciler.reconcile(experiment_id))
+    outcome = reconciler.reconcile(experiment_id)
+    if outcome.actions:
+        poll.apply_async(countdown=POLL_SOON_SECONDS, expires=settings.SKYDECK_POLL_INTERVAL)
+    return str(outcome)
