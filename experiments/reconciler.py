@@ -536,7 +536,9 @@ def _cancel(experiment, decision, backend):
     job = experiment.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()
     if job is None:
         return True
-    backend.cancel(job.cluster_name or experiment.cluster_name, job.sky_job_id, request_id=job.launch_request_id)
+    # A managed job has no cluster of ours: an empty name tells the backend to cancel it in the jobs queue.
+    cluster_name = job.cluster_name if experiment.managed else (job.cluster_name or experiment.cluster_name)
+    backend.cancel(cluster_name, job.sky_job_id, request_id=job.launch_request_id)
     job.status = JobStatus.CANCELLED
     job.ended_at = timezone.now()
     job.save(update_fields=["status", "ended_at"])
