@@ -93,6 +93,15 @@ class ExperimentAdmin(admin.ModelAdmin):
         "generation", "observed_generation", "run_number", "phase", "status_reason", "status_message",
         "failure_count", "next_attempt_at", "last_reconciled_at", "created_at", "updated_at",
     )
+    fieldsets = (
+        (None, {"fields": ("name", "description", "command", "flags", "flag_style", "tags", "sweep", "starred")}),
+        ("Intent", {"fields": ("desired_state", "backend", "restart_policy", "max_restarts", "managed")}),
+        ("Resources", {"fields": ("accelerators", "num_nodes", "cpus", "memory", "infra", "use_spot", "disk_size",
+                                  "image_id", "autostop_minutes")}),
+        ("Environment", {"fields": ("setup", "envs", "workdir")}),
+        # Written only by the reconciler and poller.
+        ("Status", {"fields": readonly_fields}),
+    )
     inlines = [JobInline]
     list_per_page = 100
 

@@ -38,7 +38,7 @@ def test_bulk_set_desired_state_writes_events(admin_client, django_capture_on_co
     assert Experiment.objects.get(pk=c.pk).desired_state == "STOPPED"
     events = Event.objects.filter(kind="desired_state")
     assert events.count() == 2 and set(events.values_list("actor", flat=True)) == {"admin"}
-    assert len(callbacks) == 2  # one reconcile enqueued per changed experiment
+    assert sum(cb.__qualname__.startswith("Experiment.reconcile_soon") for cb in callbacks) == 2
 
 
 def test_editing_desired_state_in_the_change_form_is_audited(admin_client):
@@ -71,3 +71,16 @@ def test_admin_requires_staff(client):
     client.force_login(UserFactory(username="plain"))
     response = client.get(reverse("admin:experiments_experiment_changelist"))
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_create_in_the_admin_with_only_the_spec(admin_client, django_capture_on_commit_callbacks):
+    data = {"name": "from-admin", "command": "echo hi", "flags": '{"lr": 0.1}', "flag_style": "plain", "tags": '["a"]',
+            "desired_state": "RUNNING", "backend": "local", "restart_policy": "never", "max_restarts": "3",
+            "num_nodes": "1", "envs": "{}", "jobs-TOTAL_FORMS": "0", "jobs-INITIAL_FORMS": "0"}
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_client.post(reverse("admin:experiments_experiment_add"), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    exp = Experiment.objects.get(name="from-admin")
+    assert (exp.flags, exp.tags, exp.run_number, exp.desired_state) == ({"lr": 0.1}, ["a"], 1, "RUNNING")
+    assert Event.objects.filter(experiment=exp, kind="created").exists()
+    assert sum(cb.__qualname__.startswith("Experiment.reconcile_soon") for cb in callbacks) == 1
