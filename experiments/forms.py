@@ -341,9 +341,9 @@ class ExperimentFilterForm(forms.Form):
     backend = forms.ChoiceField(required=False, label="Backend", choices=[("", "Any backend"), *Backend.choices])
     tag = forms.CharField(required=False, label="Tag", max_length=50)
     starred = forms.BooleanField(required=False, label="Starred only")
-    sort = forms.ChoiceField(required=False, label="Sort", choices=SORT_CHOICES)
+    sort = forms.ChoiceField(required=False, label="Sort", choices=SORT_CHOICES, initial="-created")
     per_page = forms.TypedChoiceField(
-        required=False, label="Rows per page", coerce=int, empty_value=50,
+        required=False, label="Rows per page", coerce=int, empty_value=50, initial=50,
         choices=[(n, str(n)) for n in PAGE_SIZES],
     )
 

@@ -137,7 +137,7 @@ def _list_context(request):
         page.number,
         paginator.count,
         [
-            (e.pk, e.name, e.phase, e.desired_state, e.status_reason, e.starred, e.tags, e.flags, e.backend,
+            (e.pk, e.name, e.description, e.phase, e.desired_state, e.status_reason, e.starred, e.tags, e.flags, e.backend,
              e.accelerators, e.num_nodes, e.infra, e.use_spot, e.generation, e.last_job_attempt, e.last_job_status,
              e.last_job_started, e.last_job_ended, e.last_job_generation)
             for e in rows

@@ -6,6 +6,10 @@
   window.skydeckCanPoll = function () {
     return !document.hidden && !document.querySelector("details.menu[open]");
   };
+  // Text boxes filter as the user types; their change-on-blur must not refetch (and reset) the table.
+  window.skydeckIsChoice = function (target) {
+    return !!(target && target.matches && target.matches("select, input[type=checkbox]"));
+  };
   window.skydeckFlagControl = function (target) {
     return !!(target && target.matches && target.matches(".flag-key-input, .flag-type-input"));
   };
@@ -76,14 +80,14 @@
     });
   });
 
-  // A live table swap keeps what the user ticked meanwhile, and waits while a menu is open.
+  // A table swap keeps what the user ticked (rows still shown stay ticked); a live one waits while a menu is open.
   let keep = null;
   document.addEventListener("htmx:beforeSwap", function (e) {
     const target = e.detail.target;
     if (!target || target.id !== "experiment-table") return;
     const polled = e.detail.requestConfig && e.detail.requestConfig.elt === target;
     if (polled && document.querySelector("details.menu[open]")) { e.detail.shouldSwap = false; return; }
-    keep = polled ? rowBoxes().filter(function (b) { return b.checked; }).map(function (b) { return b.value; }) : null;
+    keep = rowBoxes().filter(function (b) { return b.checked; }).map(function (b) { return b.value; });
   });
   document.addEventListener("htmx:afterSettle", function () {
     if (keep) {
@@ -95,6 +99,21 @@
     follow();
   });
   document.addEventListener("DOMContentLoaded", function () { updateSelection(); follow(); });
+
+  // --- flag editor: a row re-rendered for its new key or type keeps what was typed meanwhile
+  let typed = null;
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    const row = e.detail.target;
+    if (!row || !row.classList || !row.classList.contains("flag-row")) return;
+    const value = row.querySelector('input[type=text][name$="-value"]');
+    typed = value && value.value ? { id: value.id, value: value.value } : null;
+  });
+  document.addEventListener("htmx:afterSwap", function () {
+    if (!typed) return;
+    const value = document.getElementById(typed.id);
+    if (value && value.type === "text" && !value.value) value.value = typed.value;
+    typed = null;
+  });
 
   // --- flag editor: focus the key of a row just added -------------------------
   document.addEventListener("htmx:afterSwap", function (e) {
