@@ -249,11 +249,12 @@ class ExperimentForm(forms.ModelForm):
                   "disk_size": "Disk size (GiB)", "image_id": "Image", "num_nodes": "Nodes", "cpus": "CPUs"}
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
         self.editing = self.instance.pk is not None
         enabled = set(settings.SKYDECK_BACKENDS)
         self.fields["backend"].choices = [c for c in Backend.choices if c[0] in enabled] or Backend.choices
-        self.fields["name"].help_text = "Lowercase letters, digits and hyphens; the cluster is named sd-<name>."
+        self.fields["name"].help_text = "Lowercase letters, digits and hyphens; the cluster is named sd- followed by it."
         if self.editing:
             # The name names the cluster and jobs: renaming would orphan them.
             self.fields["name"].disabled = True

@@ -99,15 +99,25 @@ def confirm(request, *, title, message, items=(), action_label, danger=True):
 
 
 def list_queryset():
-    """Experiments with their last job's summary, in one query."""
-    last = Job.objects.filter(experiment=OuterRef("pk")).order_by("-attempt")
+    """Experiments with the id of their last job (one index probe per row shown)."""
+    last = Job.objects.filter(experiment=OuterRef("pk")).order_by("-attempt").values("pk")[:1]
     return Experiment.objects.defer("setup", "envs", "status_message", "image_id", "workdir").annotate(
-        last_job_attempt=Subquery(last.values("attempt")[:1]),
-        last_job_status=Subquery(last.values("status")[:1]),
-        last_job_started=Subquery(last.values("started_at")[:1]),
-        last_job_ended=Subquery(last.values("ended_at")[:1]),
-        last_job_generation=Subquery(last.values("generation")[:1]),
+        last_job_id=Subquery(last)
     )
+
+
+def attach_last_jobs(rows):
+    """Fetch the rows' last jobs in one query and hang their summary on each row."""
+    ids = [e.last_job_id for e in rows if e.last_job_id]
+    jobs = {j.pk: j for j in Job.objects.filter(pk__in=ids).only("attempt", "status", "started_at", "ended_at", "generation")}
+    for e in rows:
+        job = jobs.get(e.last_job_id)
+        e.last_job_attempt = job.attempt if job else None
+        e.last_job_status = job.status if job else None
+        e.last_job_started = job.started_at if job else None
+        e.last_job_ended = job.ended_at if job else None
+        e.last_job_generation = job.generation if job else None
+    return rows
 
 
 def differing_flags(rows):
@@ -126,7 +136,7 @@ def _list_context(request):
     queryset = filters.filter(list_queryset())
     paginator = Paginator(queryset, filters.page_size)
     page = paginator.get_page(request.GET.get("page"))
-    rows = list(page.object_list)
+    rows = attach_last_jobs(list(page.object_list))
     flag_columns = differing_flags(rows)
     query = request.GET.copy()
     for key in ("token", "selected", "page"):
