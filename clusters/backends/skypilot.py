@@ -633,6 +633,7 @@ class SkyPilotBackend:
 
     def down(self, cluster_name):
         sky = self._sdk()
+        self._archive_logs(cluster_name)
         try:
             request_id = self._call("down", sky.down, cluster_name)
         except ClusterGone:
@@ -640,6 +641,23 @@ class SkyPilotBackend:
         return Submission(request_id=str(request_id), submitted_at=datetime.now(UTC))
 
     # --- logs ------------------------------------------------------------------------
+
+    def _archive_logs(self, cluster_name, limit=20):
+        """Before a teardown, copy the output SkyDeck has not kept yet: the history outlives the cluster."""
+        try:
+            jobs = self.list_jobs(cluster_name)
+        except BackendUnreachable:
+            raise
+        except BackendError:
+            return  # gone or not up: nothing left to read
+        for job in sorted(jobs, key=lambda j: j.job_id)[-limit:]:
+            if job.log_path and not Path(job.log_path).exists():
+                try:
+                    self.read_log(cluster_name, job.job_id, job.log_path, 0)
+                except BackendUnreachable:
+                    raise
+                except BackendError as exc:
+                    logger.info("could not keep the log of job %s on %s: %s", job.job_id, cluster_name, exc.message)
 
     @staticmethod
     def log_cache_path(cluster_name, job_id):

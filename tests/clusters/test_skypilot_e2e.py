@@ -118,6 +118,7 @@ def test_experiment_runs_to_success_and_terminating_keeps_history(slurm_worker):
     job.refresh_from_db()
     exp.refresh_from_db()
     assert job.status == "SUCCEEDED" and job.exit_code == 0
+    assert job.cost == 0.0  # SkyPilot's cost report prices a Slurm allocation at zero
     assert exp.phase == "SUCCEEDED"
     print(f"E2E-TIMING set RUNNING -> job SUCCEEDED: {time.monotonic() - started:.1f}s")
     assert job.log_path
@@ -181,3 +182,5 @@ def test_failing_command_fails_and_follows_its_restart_policy(slurm_worker):
 
     terminate(exp)
     assert exp.jobs.count() == 2
+    # The first attempt's output was kept at teardown, though nobody had read it.
+    assert "failing" in read_log(jobs[0])
