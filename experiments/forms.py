@@ -24,8 +24,6 @@ from .models import SPEC_FIELDS, TAG_RE, DesiredState, Experiment, FlagSchema, P
 FLAG_INPUT_RE = re.compile(r"^flag-([A-Za-z0-9_]{1,32})-(key|type|value)$")
 FLAG_TYPES = [("string", "Text"), ("integer", "Integer"), ("float", "Float"), ("boolean", "Boolean"), ("choice", "Choice")]
 MAX_FLAGS = 500
-# Paths under /experiments/ that are pages, not experiments.
-RESERVED_NAMES = {"new", "bulk", "flags", "preview"}
 
 
 def new_uid():
@@ -266,12 +264,6 @@ class ExperimentForm(forms.ModelForm):
         self.flag_errors = False
         self.flags = {}
         self.original_spec = {f: getattr(self.instance, f) for f in SPEC_FIELDS}
-
-    def clean_name(self):
-        name = self.cleaned_data["name"]
-        if not self.editing and name in RESERVED_NAMES:
-            raise ValidationError(f"{name!r} is reserved for a page of SkyDeck: choose another name.")
-        return name
 
     @property
     def running_job(self):

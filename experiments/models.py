@@ -22,6 +22,15 @@ name_validator = RegexValidator(
     NAME_RE,
     "Use lowercase letters, digits and hyphens, starting and ending with a letter or digit (at most 60).",
 )
+# Names that are pages of SkyDeck (/experiments/new/, /sweeps/new/, ...), so no detail page could be reached.
+RESERVED_NAMES = frozenset({"new", "bulk", "flags", "preview"})
+
+
+def validate_not_reserved(value):
+    if value in RESERVED_NAMES:
+        raise ValidationError(f"{value!r} is the name of a SkyDeck page: choose another name.", code="reserved")
+
+
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,49}$")
 
 
@@ -172,7 +181,7 @@ class Sweep(models.Model):
         GRID = "grid", "Grid"
         RANDOM = "random", "Random"
 
-    name = models.SlugField(max_length=60, unique=True, validators=[name_validator])
+    name = models.SlugField(max_length=60, unique=True, validators=[name_validator, validate_not_reserved])
     description = models.TextField(blank=True)
     base = models.ForeignKey(
         "Experiment", null=True, blank=True, on_delete=models.SET_NULL, related_name="sweeps_based_on"
@@ -205,7 +214,7 @@ class Sweep(models.Model):
 
 class Experiment(models.Model):
     # --- spec -------------------------------------------------------------
-    name = models.SlugField(max_length=60, unique=True, validators=[name_validator])
+    name = models.SlugField(max_length=60, unique=True, validators=[name_validator, validate_not_reserved])
     description = models.TextField(blank=True)
     command = models.TextField(help_text="The base command; flags are appended as key=value arguments")
     flags = models.JSONField(default=dict, blank=True, validators=[validate_flags])

@@ -31,10 +31,10 @@ from .models import (
     Experiment,
     Phase,
     Sweep,
+    validate_not_reserved,
 )
 
 MAX_CHILDREN = 500
-RESERVED_NAMES = {"new"}  # /sweeps/new/ is the form
 SCALARS = (str, int, float, bool)
 # Copied from the base besides its spec (SPEC_FIELDS): what a child inherits.
 INHERITED_FIELDS = ("description", "restart_policy", "max_restarts")
@@ -208,8 +208,10 @@ def create_sweep(*, name, base, kind, parameters, samples=None, seed=None, max_c
 
     Raises ValidationError keyed by field (``flags`` errors name the child and the flag).
     """
-    if name in RESERVED_NAMES:
-        raise ValidationError({"name": f"{name!r} is the name of a SkyDeck page: choose another."})
+    try:
+        validate_not_reserved(name)
+    except ValidationError as exc:
+        raise ValidationError({"name": exc.messages}) from None
     if desired_state not in DesiredState.values:
         raise ValidationError({"desired_state": f"{desired_state!r} is not a desired state."})
     if kind == Sweep.Kind.RANDOM and seed is None:

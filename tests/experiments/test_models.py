@@ -1,0 +1,65 @@
+import pytest
+from django.core.exceptions import ValidationError
+
+from experiments.models import Experiment
+from tests.factories import ExperimentFactory, JobFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("name", ["new", "bulk", "flags", "preview", "Upper", "-dash", "dash-", "a_b", "x" * 61, ""])
+def test_names_that_cannot_have_a_page_are_refused(name):
+    with pytest.raises(ValidationError) as info:
+        Experiment(name=name, command="true", backend="local").full_clean()
+    assert "name" in info.value.message_dict
+
+
+def test_spec_change_bumps_generation_and_status_change_does_not():
+    exp = ExperimentFactory(name="gen")
+    assert exp.generation == 1
+    exp.flags = {"lr": 0.1}
+    exp.save()
+    assert exp.generation == 2
+    exp.starred = True
+    exp.description = "words"
+    exp.save()
+    assert exp.generation == 2
+    exp.set_desired_state("RUNNING")
+    assert Experiment.objects.get(pk=exp.pk).generation == 2
+
+
+def test_set_desired_state_starts_a_new_run_and_audits(owner):
+    exp = ExperimentFactory(name="runs")
+    assert exp.set_desired_state("RUNNING", user=owner)
+    assert not exp.set_desired_state("RUNNING", user=owner)  # no change, no event
+    exp.set_desired_state("STOPPED", user=owner)
+    exp.set_desired_state("RUNNING", user=owner)
+    exp.refresh_from_db()
+    assert exp.run_number == 2
+    events = list(exp.events.filter(kind="desired_state").order_by("id").values_list("message", "user__username"))
+    assert events == [("Desired state STOPPED → RUNNING", "owner"), ("Desired state RUNNING → STOPPED", "owner"),
+                      ("Desired state STOPPED → RUNNING", "owner")]
+    with pytest.raises(ValidationError):
+        exp.set_desired_state("PAUSED")
+
+
+def test_out_of_date_when_the_active_job_runs_an_older_spec():
+    exp = ExperimentFactory(name="ood")
+    JobFactory(experiment=exp, attempt=1, status="RUNNING", generation=1)
+    assert not exp.out_of_date
+    exp.command = "echo v2"
+    exp.save()
+    assert exp.out_of_date
+
+
+@pytest.mark.parametrize("tags", [["a b"], ["x" * 51], "notalist", [1]])
+def test_bad_tags_are_refused(tags):
+    with pytest.raises(ValidationError):
+        Experiment(name="tagged", command="true", backend="local", tags=tags).full_clean()
+
+
+def test_tagged_filter_works_on_every_database():
+    ExperimentFactory(name="t1", tags=["nlp", "big"])
+    ExperimentFactory(name="t2", tags=["vision"])
+    ExperimentFactory(name="t3", tags=["nlp-ish"])
+    assert list(Experiment.objects.tagged("nlp").values_list("name", flat=True)) == ["t1"]
