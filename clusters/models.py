@@ -81,9 +81,27 @@ class Heartbeat(models.Model):
     duration = models.FloatField(null=True, blank=True, help_text="Seconds")
     summary = models.TextField(blank=True)
     ok = models.BooleanField(default=True)
+    # Held while a run is in progress, so two workers never poll at once.
+    lease_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self):
         return self.name
+
+    @classmethod
+    def try_lease(cls, name, seconds):
+        """Compare-and-swap: True if this caller may run ``name`` now."""
+        now = timezone.now()
+        cls.objects.get_or_create(name=name)
+        return (
+            cls.objects.filter(name=name)
+            .filter(models.Q(lease_until__isnull=True) | models.Q(lease_until__lt=now))
+            .update(lease_until=now + timedelta(seconds=seconds))
+            == 1
+        )
+
+    @classmethod
+    def release(cls, name):
+        cls.objects.filter(name=name).update(lease_until=None)
 
     @classmethod
     def beat(cls, name, *, started_at, summary="", ok=True):

@@ -27,15 +27,25 @@ def backends_in_use():
     return [b for b in settings.SKYDECK_BACKENDS if b in used]
 
 
+class PollInProgress(Exception):
+    """Another worker is polling right now; one poll at a time is enough."""
+
+
 def run_poll():
-    started = timezone.now()
-    polls, changed = poll_all(backends_in_use())
-    # A sweep child that finished frees a slot: its waiting siblings start now, not a pass later.
-    changed |= waiting_siblings(changed)
-    outcomes = [reconciler.reconcile(pk) for pk in sorted(changed)]
-    summary = "; ".join(p.summary() for p in polls) or "no backend in use"
-    Heartbeat.beat("poll", started_at=started, summary=summary, ok=all(p.reachable for p in polls))
-    return polls, outcomes
+    # The lease outlives a stuck poll by a few intervals, then another may take over.
+    if not Heartbeat.try_lease("poll", seconds=max(120.0, 4 * settings.SKYDECK_POLL_INTERVAL)):
+        raise PollInProgress("another poll is running")
+    try:
+        started = timezone.now()
+        polls, changed = poll_all(backends_in_use())
+        # A sweep child that finished frees a slot: its waiting siblings start now, not a pass later.
+        changed |= waiting_siblings(changed)
+        outcomes = [reconciler.reconcile(pk) for pk in sorted(changed)]
+        summary = "; ".join(p.summary() for p in polls) or "no backend in use"
+        Heartbeat.beat("poll", started_at=started, summary=summary, ok=all(p.reachable for p in polls))
+        return polls, outcomes
+    finally:
+        Heartbeat.release("poll")
 
 
 def run_reconcile_all():
@@ -48,7 +58,10 @@ def run_reconcile_all():
 
 @shared_task(name="experiments.tasks.poll")
 def poll():
-    polls, outcomes = run_poll()
+    try:
+        polls, outcomes = run_poll()
+    except PollInProgress:
+        return "skipped: another poll is running"
     return [p.summary() for p in polls]
 
 

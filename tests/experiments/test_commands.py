@@ -64,3 +64,15 @@ def test_ensure_login_uses_a_given_password(monkeypatch, settings, tmp_path):
     out, _ = run("ensure_login")
     assert "as admin / a-chosen-password" in out
     assert not (tmp_path / "admin-password.txt").exists()
+
+
+def test_only_one_poll_runs_at_a_time(local_root):
+    from clusters.models import Heartbeat
+
+    assert Heartbeat.try_lease("poll", seconds=60)
+    out, _ = run("poll")
+    assert "Another poll is running; skipped." in out
+    Heartbeat.release("poll")
+    out, _ = run("poll")
+    assert "No backend in use" in out
+    assert Heartbeat.objects.get(name="poll").lease_until is None

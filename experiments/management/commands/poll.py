@@ -3,7 +3,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from experiments.tasks import run_poll
+from experiments.tasks import PollInProgress, run_poll
 
 
 class Command(BaseCommand):
@@ -14,13 +14,17 @@ class Command(BaseCommand):
 
     def handle(self, *args, loop=False, **options):
         while True:
-            polls, outcomes = run_poll()
-            if not polls:
-                self.stdout.write("No backend in use: nothing to poll.")
-            for p in polls:
-                self.stdout.write(p.summary())
-            for outcome in outcomes:
-                self.stdout.write(f"  reconciled {outcome}")
+            try:
+                polls, outcomes = run_poll()
+            except PollInProgress:
+                self.stdout.write("Another poll is running; skipped.")
+            else:
+                if not polls:
+                    self.stdout.write("No backend in use: nothing to poll.")
+                for p in polls:
+                    self.stdout.write(p.summary())
+                for outcome in outcomes:
+                    self.stdout.write(f"  reconciled {outcome}")
             if not loop:
                 return
             time.sleep(settings.SKYDECK_POLL_INTERVAL)
