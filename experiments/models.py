@@ -385,7 +385,7 @@ class Experiment(models.Model):
             self.reconcile_soon()
         return True
 
-    def request_restart(self, *, user=None):
+    def request_restart(self, *, user=None, source="user"):
         """Cancel the active job (if any) and run the current spec afresh."""
         with transaction.atomic():
             self.run_number += 1
@@ -394,7 +394,7 @@ class Experiment(models.Model):
             previous = self.desired_state
             self.desired_state = DesiredState.RUNNING
             self.save(update_fields=["run_number", "failure_count", "next_attempt_at", "desired_state", "updated_at"])
-            Event.record(self, Event.Kind.RESTART, f"Restart requested (was {previous})", user=user)
+            Event.record(self, Event.Kind.RESTART, f"Restart requested (was {previous})", user=user, actor=source)
             self.reconcile_soon()
 
     def reconcile_soon(self):
