@@ -91,6 +91,18 @@ def sky_cluster_names():
     return {c.name for c in get_backend("skypilot").list_clusters()}
 
 
+def calls_of_one_poll():
+    """The SDK calls (and seconds) of one poll, made here beside the worker's; for the report."""
+    from clusters.backends import get_backend
+    from experiments.observe import poll_all
+
+    backend = get_backend("skypilot")
+    backend.calls.clear()
+    started = time.monotonic()
+    poll_all(["skypilot"])
+    return f"{dict(backend.calls)} in {time.monotonic() - started:.1f}s"
+
+
 def terminate(exp):
     exp.refresh_from_db()
     exp.set_desired_state("TERMINATED")
@@ -113,6 +125,7 @@ def test_experiment_runs_to_success_and_terminating_keeps_history(slurm_worker):
     assert job.status == "RUNNING", (job.status, job.error_message)
     assert job.sky_job_id is not None and job.cluster_name == "sd-e2e-ok"
     print(f"\nE2E-TIMING set RUNNING -> job RUNNING: {to_running:.1f}s")
+    print(f"E2E-CALLS one poll with one owned UP cluster: {calls_of_one_poll()}")
 
     drive_until(lambda: job_status(exp) in {"SUCCEEDED", "FAILED", "LOST"}, timeout=TIMEOUT, message="the job to end")
     job.refresh_from_db()
