@@ -46,6 +46,21 @@ def slurm_worker(request, transactional_db):
     _fresh_broker_connections()
     yield worker
     _fresh_broker_connections()
+    _down_leftover_clusters()
+
+
+def _down_leftover_clusters():
+    """A test that failed half-way must not leave its Slurm allocation to the next run."""
+    import sky
+
+    from clusters.backends import get_backend
+
+    backend = get_backend("skypilot")
+    for name in sky_cluster_names():
+        if name.startswith("sd-e2e-"):
+            submission = backend.down(name)
+            if submission is not None:
+                sky.get(submission.request_id)
 
 
 def _fresh_broker_connections():
