@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt |
 export SKYPILOT_DISABLE_USAGE_COLLECTION := 1
 export SKYDECK_BIND ?= 127.0.0.1:8000
 
-.PHONY: run test install migrate check bench e2e-up e2e-down clean
+.PHONY: run test install migrate check bench e2e-up e2e-test e2e-down clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "SkyDeck needs Python 3.12 (found " + sys.version.split()[0] + "): install it, or run make PYTHON=/path/to/python3.12")'
@@ -42,6 +42,12 @@ bench: install
 ## the one-node Slurm cluster that the SkyPilot end-to-end tests launch on (root only)
 e2e-up: install
 	SKY_VENV=$(CURDIR)/$(VENV) bash ../shared/e2e-slurm/up.sh
+
+## the SkyPilot end-to-end tests on that cluster, through a real Celery worker (needs Redis)
+E2E_DIR ?= /tmp/skydeck-slurm
+e2e-test: install
+	SKYDECK_E2E_SLURM=1 SKYDECK_TEST_SKY_HOME=$(E2E_DIR)/client-home SKYPILOT_API_SERVER_LOCAL_PORT=46690 \
+	  $(PY) -m pytest -m slurm $(PYTEST_ARGS)
 
 e2e-down:
 	bash ../shared/e2e-slurm/down.sh

@@ -150,10 +150,15 @@ def celery_worker_process(transactional_db, redis_url, local_root, tmp_path):
 
 def _use_broker(app, url):
     """Point this process's Celery app at another broker, dropping cached connections."""
+    from kombu import pools
+
     app.conf.broker_url = url
     if app._pool is not None:
         app._pool.force_close_all()
         app._pool = None
+    # kombu keeps producer pools in a registry of its own; drop them too, or the
+    # next test enqueues on the pool closed above ("Acquire on closed pool").
+    pools.reset()
     app.amqp._producer_pool = None
 
 
