@@ -9,7 +9,7 @@ mean is the experiments app's business.
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -35,6 +35,9 @@ class BackendPoll:
     requests: dict = field(default_factory=dict)  # request id -> RequestResult
     managed_jobs: list | None = None
     calls: int = 0
+    # When the backend was first asked: a job submitted later may be missing
+    # from this snapshot without having vanished.
+    observed_at: datetime | None = None
 
     @property
     def usable(self):
@@ -56,7 +59,7 @@ def poll_backend(name, *, request_ids=(), managed=False):
     """Ask one backend everything SkyDeck needs, in a fixed number of calls."""
     now = timezone.now()
     health, _ = BackendHealth.objects.get_or_create(backend=name)
-    result = BackendPoll(backend=name)
+    result = BackendPoll(backend=name, observed_at=now)
     if health.next_poll_at and health.next_poll_at > now and not health.reachable:
         result.skipped = True
         result.reachable = False

@@ -51,6 +51,15 @@ MAX_ID_DIGITS = 18  # a larger number is no row's id, and would overflow the col
 # --- authentication --------------------------------------------------------------------
 
 
+def _single_query_values(request, user):
+    """Every query parameter here is a single value: a repeated one is refused, not silently cut."""
+    if user is not None:
+        for key in request.GET:
+            if len(request.GET.getlist(key)) > 1:
+                raise ApiError(422, f"{key}: given more than once; send it once.", key)
+    return user
+
+
 class BearerToken(HttpBearer):
     """``Authorization: Bearer <token>``; tokens come from ``manage.py create_api_token`` or the account page."""
 
@@ -58,7 +67,7 @@ class BearerToken(HttpBearer):
         token = token.strip()
         if not token or not _storable_text(token):
             return None
-        return ApiToken.authenticate(token)
+        return _single_query_values(request, ApiToken.authenticate(token))
 
 
 class SessionWithCsrf(APIKeyCookie):
@@ -76,7 +85,7 @@ class SessionWithCsrf(APIKeyCookie):
             return None
         if request.method not in SAFE_METHODS and check_csrf(request):
             raise ApiError(403, "CSRF check failed: send the X-CSRFToken header with a session cookie, or use a bearer token.")
-        return user
+        return _single_query_values(request, user)
 
 
 api = NinjaAPI(

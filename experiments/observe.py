@@ -116,7 +116,7 @@ def _observe_job(job, result, now):
         if result.managed_jobs is None:
             return {}
         info = next((j for j in result.managed_jobs if job.sky_job_id is not None and j.job_id == job.sky_job_id), None)
-        if info is None and job.sky_job_id is not None:
+        if info is None and job.sky_job_id is not None and _older_than_snapshot(job, result):
             return _lost(job, "The managed job vanished from SkyPilot's jobs queue.", now)
         return _from_info(job, info) if info else {}
 
@@ -130,16 +130,24 @@ def _observe_job(job, result, now):
                          job=job, actor="poller")
             return update
         return {}
+    info = _find(job, result, job_id=job.sky_job_id) if job.cluster_name in result.jobs else None
+    if info is not None:
+        return _from_info(job, info)
+    if not _older_than_snapshot(job, result):
+        return {}  # submitted after the backend was asked: absence proves nothing yet
     if cluster is None or job.cluster_name in result.gone:
         return _lost(job, f"Cluster {job.cluster_name} vanished.", now)
     if cluster.status == ClusterStatus.STOPPED:
         return _lost(job, f"Cluster {job.cluster_name} stopped under the job (preempted or autostopped).", now)
     if job.cluster_name not in result.jobs:
         return {}  # cluster INIT, or its queue could not be read this time
-    info = _find(job, result, job_id=job.sky_job_id)
-    if info is None:
-        return _lost(job, f"Job {job.sky_job_id} vanished from {job.cluster_name}'s queue.", now)
-    return _from_info(job, info)
+    return _lost(job, f"Job {job.sky_job_id} vanished from {job.cluster_name}'s queue.", now)
+
+
+def _older_than_snapshot(job, result):
+    """Was the job submitted before the backend was asked? Only then can its absence mean it vanished."""
+    submitted = job.submitted_at or job.created_at
+    return result.observed_at is None or (submitted is not None and submitted < result.observed_at)
 
 
 def _find(job, result, *, job_id=None, name=None):

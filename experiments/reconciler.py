@@ -472,11 +472,10 @@ def _submit(experiment, job, spec, backend, *, exec_):
     job.sky_job_id = submission.job_id
     job.log_path = submission.log_path or job.log_path
     job.submitted_at = submission.submitted_at or now
-    fields = ["launch_request_id", "sky_job_id", "log_path", "submitted_at"]
+    job.save(update_fields=["launch_request_id", "sky_job_id", "log_path", "submitted_at"])
     if submission.job_id is not None and submission.status in JobStatus.values:
-        job.status = submission.status
-        fields.append("status")
-    job.save(update_fields=fields)
+        # Only while still LAUNCHING: a poll may already have seen the job run (or end).
+        Job.objects.filter(pk=job.pk, status=JobStatus.LAUNCHING).update(status=submission.status)
     _record_cluster(experiment, ClusterStatus.UP if submission.job_id is not None else ClusterStatus.INIT)
     return False  # wait for the poller to see the job
 

@@ -255,6 +255,8 @@ class LocalBackend:
                 "log_path": str(log_path),
             },
         )
+        # Submitted once listable: a poll that started before this moment may not see it.
+        submitted_at = _now()
         _reap_later(proc)
         return Submission(job_id=job_id, status="PENDING", log_path=str(log_path), submitted_at=submitted_at)
 

@@ -442,3 +442,16 @@ def test_openapi_and_docs_are_served(client, db):
     for path in ("/api/experiments", "/api/experiments/{id}/state", "/api/jobs/{id}/logs", "/api/sweeps/{id}"):
         assert path in schema["paths"]
     assert client.get("/api/docs").status_code == 200
+
+
+def test_a_repeated_query_parameter_is_refused(db):
+    from django.test import Client
+
+    from experiments.models import ApiToken
+    from tests.factories import UserFactory
+
+    _, key = ApiToken.issue(UserFactory(username="twice"))
+    response = Client().get("/api/experiments?q=a&q=b", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 422
+    assert response.json()["field"] == "q"
+    assert Client().get("/api/experiments?q=a&q=b").status_code == 401
