@@ -194,14 +194,7 @@ def responses(ok, code=200, **extra):
 # --- input types -------------------------------------------------------------------------
 
 
-def _storable_text(value):
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+_storable_text = flag_schemas.storable_text
 
 
 def _text(value):

@@ -378,17 +378,22 @@ def coerce_value(row, value):
     return value if isinstance(value, str) else str(value)
 
 
-def _storable(value):
+def storable_text(value):
     """Text a database and a shell can hold: no NUL, no lone surrogate."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _storable(value):
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, str):
-        if "\x00" in value:
-            return False
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
+        return storable_text(value)
     return True
 
 
