@@ -1,5 +1,6 @@
 """Shared fixtures: a small cast of users, service checks, and a real Celery worker."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -132,15 +133,11 @@ def celery_worker_process(transactional_db, redis_url, local_root, tmp_path):
         if b"ready." not in log.read_bytes():
             proc.kill()
             pytest.fail(f"celery worker did not start: {log.read_text()[-3000:]}")
-    # The test process enqueues on the same broker.
-    from skydeck_site.celery import app
-
-    old = app.conf.broker_url
-    _use_broker(app, redis_url)
     try:
-        yield proc, log
+        # The test process enqueues on the same broker.
+        with use_broker(redis_url):
+            yield proc, log
     finally:
-        _use_broker(app, old)
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -148,18 +145,38 @@ def celery_worker_process(transactional_db, redis_url, local_root, tmp_path):
             proc.kill()
 
 
-def _use_broker(app, url):
-    """Point this process's Celery app at another broker, dropping cached connections."""
+@contextlib.contextmanager
+def use_broker(url):
+    """Point this process's Celery app at another broker, dropping cached connections.
+
+    Celery reads CELERY_BROKER_URL from the environment before its own
+    configuration, so the environment is what is switched.
+    """
     from kombu import pools
 
-    app.conf.broker_url = url
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
-    # kombu keeps producer pools in a registry of its own; drop them too, or the
-    # next test enqueues on the pool closed above ("Acquire on closed pool").
-    pools.reset()
-    app.amqp._producer_pool = None
+    from skydeck_site.celery import app
+
+    def reset():
+        if app._pool is not None:
+            app._pool.force_close_all()
+            app._pool = None
+        # kombu keeps producer pools in a registry of its own; drop them too, or the
+        # next enqueue uses a pool closed above ("Acquire on closed pool").
+        pools.reset()
+        app.amqp._producer_pool = None
+
+    old = os.environ.get("CELERY_BROKER_URL")
+    os.environ["CELERY_BROKER_URL"] = url
+    reset()
+    try:
+        assert app.conf.broker_url == url
+        yield app
+    finally:
+        if old is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = old
+        reset()
 
 
 def wait_for(predicate, timeout=30.0, interval=0.2, message="condition"):

@@ -687,8 +687,12 @@ class SkyPilotBackend:
                     rc = self._call("jobs.tail_logs", sky.jobs.tail_logs, job_id=int(job_id), follow=False, output_stream=buf)
                 text = clean_log(buf.getvalue())
                 complete = rc is not None and rc != 101  # 101: JobExitCode.NOT_FINISHED
-            except (ClusterGone, BackendUnreachable):
-                text = None
+            except ClusterGone:
+                text = None  # the copy is all there is now
+            except BackendUnreachable:
+                if path is None or not path.exists():
+                    raise  # nothing to show: say why
+                text, complete = None, False  # show the copy, and keep asking
             except BackendError as exc:
                 if exc.reason not in ("ClusterNotUp", "CommandFailed", "SkyletError"):
                     raise

@@ -184,3 +184,18 @@ def test_launch_while_unreachable_keeps_the_intent_and_fails_nothing(unreachable
     assert outcome.reason == "BackendUnreachable" and not outcome.actions
     job.refresh_from_db()
     assert job.status == "LAUNCHING"
+
+
+@pytest.mark.django_db
+def test_the_live_log_says_when_the_api_server_is_unreachable(unreachable_endpoint, owner_client):
+    """The experiment page's log tail keeps polling and says why it shows nothing."""
+    from django.urls import reverse
+
+    from tests.factories import ExperimentFactory, JobFactory
+
+    experiment = ExperimentFactory(name="far-away", backend="skypilot")
+    JobFactory(experiment=experiment, attempt=1, status="RUNNING", backend="skypilot", cluster_name="sd-far-away",
+               sky_job_id=1)
+    body = owner_client.get(reverse("experiments:job_log", args=["far-away", 1]),
+                            headers={"HX-Request": "true"}).content.decode()
+    assert "Cannot read the log:" in body and 'hx-trigger="every 5s"' in body

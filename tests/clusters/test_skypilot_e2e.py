@@ -43,9 +43,7 @@ def slurm_worker(request, transactional_db):
     require(healthy, f"no SkyPilot API server on 127.0.0.1:{port} (make e2e-up)")
     os.environ.pop("SKYPILOT_API_SERVER_ENDPOINT", None)
     worker = request.getfixturevalue("celery_worker_process")
-    _fresh_broker_connections()
     yield worker
-    _fresh_broker_connections()
     _down_leftover_clusters()
 
 
@@ -61,23 +59,6 @@ def _down_leftover_clusters():
             submission = backend.down(name)
             if submission is not None:
                 sky.get(submission.request_id)
-
-
-def _fresh_broker_connections():
-    """Open new broker connections for this test.
-
-    The shared worker fixture closes the app's connection pool when it points the
-    app at the test broker; a second worker test in the same session would then
-    enqueue on a closed pool ("Acquire on closed pool"). Dropping the pools makes
-    the next enqueue open fresh ones.
-    """
-    from kombu import pools
-
-    from skydeck_site.celery import app
-
-    pools.reset()
-    app._pool = None
-    app.amqp._producer_pool = None
 
 
 def slurm_experiment(name, command, **kwargs):

@@ -57,27 +57,23 @@ def test_stop_of_a_skydeck_cluster_goes_through_its_experiment(owner_client, clu
     assert owned_experiment().desired_state == "TERMINATED"
 
 
-def test_down_of_a_foreign_cluster_asks_the_backend(owner_client, clusters, monkeypatch):
-    calls = []
+def test_down_of_a_foreign_cluster_asks_the_backend(owner_client, local_root):
+    """A cluster SkyDeck did not launch: stop and down go straight to the (real, local) backend."""
+    from clusters.backends import get_backend
+    from clusters.backends.base import LaunchSpec
 
-    class Fake:
-        def down(self, name):
-            calls.append(("down", name))
-
-        def stop(self, name):
-            from clusters.backends.base import NotSupported
-
-            raise NotSupported("Slurm clusters cannot stop.")
-
-    monkeypatch.setattr("clusters.views.get_backend", lambda name: Fake())
-    url = reverse("clusters:action", args=["skypilot", "someone-else", "down"])
-    assert calls == [] and "Tear down cluster someone-else?" in owner_client.post(url).content.decode()
+    get_backend("local").launch(LaunchSpec(job_name="theirs-1", cluster_name="someone-else", command="sleep 300"))
+    Cluster.objects.create(name="someone-else", backend="local", status="UP")
+    url = reverse("clusters:action", args=["local", "someone-else", "down"])
+    assert "Tear down cluster someone-else?" in owner_client.post(url).content.decode()
+    assert (local_root / "someone-else").is_dir()  # nothing happens before the confirmation
     response = owner_client.post(url, {"confirmed": "1"}, follow=True)
-    assert calls == [("down", "someone-else")]
-    assert "Asked skypilot to down someone-else" in str(list(response.context["messages"])[0])
-    response = owner_client.post(reverse("clusters:action", args=["skypilot", "someone-else", "stop"]), {"confirmed": "1"}, follow=True)
-    assert "Could not stop someone-else: Slurm clusters cannot stop." in str(list(response.context["messages"])[0])
-
+    assert not (local_root / "someone-else").exists()
+    assert "Asked local to down someone-else" in str(list(response.context["messages"])[0])
+    # The backend's refusal is shown, not raised: the cluster is gone now.
+    response = owner_client.post(reverse("clusters:action", args=["local", "someone-else", "stop"]), {"confirmed": "1"},
+                                 follow=True)
+    assert "Could not stop someone-else: Cluster someone-else does not exist." in str(list(response.context["messages"])[0])
 
 def test_unknown_cluster_or_action(owner_client, clusters):
     assert owner_client.post(reverse("clusters:action", args=["local", "nope", "stop"])).status_code == 404

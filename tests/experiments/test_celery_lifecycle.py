@@ -25,8 +25,9 @@ def test_running_experiment_succeeds_through_the_worker(celery_worker_process, o
     job = exp.jobs.get()
     assert (job.status, job.exit_code) == ("SUCCEEDED", 0)
     assert Path(job.log_path).read_text() == "from the worker epochs=2\n"
-    assert "experiments.tasks.reconcile_experiment" in log.read_text()
-    assert "experiments.tasks.poll" in log.read_text()
+    # The worker ran the reconcile enqueued on commit, and beat's polls.
+    assert "Task experiments.tasks.reconcile_experiment[" in log.read_text()
+    assert "Task experiments.tasks.poll[" in log.read_text()
 
 
 def test_stop_through_the_worker_cancels(celery_worker_process):

@@ -83,14 +83,15 @@ def test_bad_flags_are_marked_on_their_row(owner_client, overrides, message):
     assert 'value="python train.py"' in body or "python train.py" in body
 
 
-def test_schema_errors_show_per_flag_row(owner_client, monkeypatch):
-    def validate(flags):
-        return flags, {"trainer.epochs": "trainer.epochs must be at most 5"}, ["trainer.amp"]
+def test_schema_errors_show_per_flag_row(owner_client):
+    from tests.factories import FlagSchemaFactory
 
-    monkeypatch.setattr("experiments.forms.validate_against_schema", validate)
-    response = owner_client.post(reverse("experiments:create"), form_data())
+    FlagSchemaFactory(namespace="train", path="trainer.epochs", type="integer", source="model")
+    response = owner_client.post(reverse("experiments:create"),
+                                 form_data(**{"flag-r3-type": "string", "flag-r3-value": "ten"}))
     body = response.content.decode()
-    assert 'id="flag-r3-error">trainer.epochs must be at most 5<' in body
+    error = body.split('id="flag-r3-error"', 1)[1].split("</", 1)[0]
+    assert "trainer.epochs" in error and "integer" in error, error
     assert not Experiment.objects.exists()
 
 

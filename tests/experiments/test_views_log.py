@@ -59,17 +59,3 @@ def test_log_of_a_job_without_output_yet(owner_client, local_root):
     JobFactory(experiment=experiment, attempt=1, status="LAUNCHING")
     body = owner_client.get(reverse("experiments:job_log", args=["quiet", 1]), headers=HX).content.decode()
     assert "hx-swap-oob" not in body and "Following the log" in body
-
-
-def test_log_read_failure_is_shown_and_retried(owner_client, monkeypatch, local_root):
-    from clusters.backends.base import BackendUnreachable
-
-    class Broken:
-        def read_log(self, *args):
-            raise BackendUnreachable("API server down")
-
-    monkeypatch.setattr("experiments.views.get_backend", lambda name: Broken())
-    experiment = ExperimentFactory(name="broken")
-    JobFactory(experiment=experiment, attempt=1, status="RUNNING")
-    body = owner_client.get(reverse("experiments:job_log", args=["broken", 1]), headers=HX).content.decode()
-    assert "Cannot read the log: API server down" in body and 'hx-trigger="every 5s"' in body
