@@ -283,6 +283,9 @@ class Experiment(models.Model):
     def from_db(cls, db, field_names, values, **kwargs):
         instance = super().from_db(db, field_names, values, **kwargs)
         instance._loaded_spec = instance.spec_fingerprint() if set(SPEC_FIELDS) <= set(field_names) else None
+        instance._loaded_run = (
+            (instance.desired_state, instance.run_number) if {"desired_state", "run_number"} <= set(field_names) else None
+        )
         return instance
 
     def spec_fingerprint(self):
@@ -292,14 +295,34 @@ class Experiment(models.Model):
         loaded = getattr(self, "_loaded_spec", None)
         return self.pk is not None and loaded is not None and loaded != self.spec_fingerprint()
 
+    def starts_a_new_run(self):
+        """Desired state turned RUNNING (from the form, the admin, the API or plain ORM code)."""
+        loaded = getattr(self, "_loaded_run", None)
+        return (
+            self.pk is not None
+            and loaded is not None
+            and loaded[0] != DesiredState.RUNNING
+            and self.desired_state == DesiredState.RUNNING
+            and loaded[1] == self.run_number  # not already bumped (request_restart does its own)
+        )
+
     def save(self, *args, **kwargs):
+        extra = set()
         if self.spec_changed():
             self.generation += 1
-            update_fields = kwargs.get("update_fields")
-            if update_fields is not None:
-                kwargs["update_fields"] = set(update_fields) | {"generation", "updated_at"}
+            extra |= {"generation", "updated_at"}
+        if self.starts_a_new_run():
+            # A fresh run: the restart budget and the backoff start over.
+            self.run_number += 1
+            self.failure_count = 0
+            self.next_attempt_at = None
+            extra |= {"run_number", "failure_count", "next_attempt_at", "updated_at"}
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and extra:
+            kwargs["update_fields"] = set(update_fields) | extra
         super().save(*args, **kwargs)
         self._loaded_spec = self.spec_fingerprint()
+        self._loaded_run = (self.desired_state, self.run_number)
 
     def get_absolute_url(self):
         return reverse("experiments:detail", args=[self.name])
@@ -364,16 +387,11 @@ class Experiment(models.Model):
         previous = self.desired_state
         if previous == state:
             return False
+        if getattr(self, "_loaded_run", None) is None:
+            self._loaded_run = (previous, self.run_number)  # built in memory: still knows what it was
         self.desired_state = state
-        fields = ["desired_state", "updated_at"]
-        if state == DesiredState.RUNNING:
-            # A fresh run: restart budget and backoff start over.
-            self.run_number += 1
-            self.failure_count = 0
-            self.next_attempt_at = None
-            fields += ["run_number", "failure_count", "next_attempt_at"]
         with transaction.atomic():
-            self.save(update_fields=fields)
+            self.save(update_fields=["desired_state", "updated_at"])  # save() starts the new run
             Event.record(
                 self,
                 Event.Kind.DESIRED_STATE,

@@ -63,3 +63,23 @@ def test_tagged_filter_works_on_every_database():
     ExperimentFactory(name="t2", tags=["vision"])
     ExperimentFactory(name="t3", tags=["nlp-ish"])
     assert list(Experiment.objects.tagged("nlp").values_list("name", flat=True)) == ["t1"]
+
+
+def test_any_path_to_running_starts_a_new_run():
+    """The form, the admin, the API and plain ORM code all save(): a new run starts there."""
+    exp = ExperimentFactory(name="orm-path", desired_state="STOPPED")
+    exp = Experiment.objects.get(pk=exp.pk)
+    exp.desired_state = "RUNNING"
+    exp.failure_count = 2
+    exp.save()
+    exp = Experiment.objects.get(pk=exp.pk)
+    assert (exp.run_number, exp.failure_count) == (1, 0)
+    exp.description = "still running"
+    exp.save()
+    assert Experiment.objects.get(pk=exp.pk).run_number == 1  # no new run without a change of state
+    exp.request_restart()
+    assert Experiment.objects.get(pk=exp.pk).run_number == 2  # exactly one bump
+    exp = Experiment.objects.get(pk=exp.pk)
+    exp.set_desired_state("STOPPED")
+    exp.set_desired_state("RUNNING")
+    assert Experiment.objects.get(pk=exp.pk).run_number == 3
