@@ -138,11 +138,16 @@ def celery_worker_process(transactional_db, redis_url, local_root, tmp_path):
         with use_broker(redis_url):
             yield proc, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
+
+
+def stop_process(proc, timeout=20):
+    """Ask a subprocess to end; kill it if it will not."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @contextlib.contextmanager

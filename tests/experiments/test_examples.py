@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from experiments.models import ApiToken, Experiment, Job, Sweep
-from tests.conftest import ROOT, subprocess_env, wait_for
+from tests.conftest import ROOT, stop_process, subprocess_env, wait_for
 from tests.factories import UserFactory
 
 
@@ -43,11 +43,7 @@ def server(transactional_db, local_root, tmp_path):
     try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 
