@@ -246,12 +246,16 @@ def _backend_reachable(backend_name):
     return health is None or health.reachable
 
 
-def _sweep_slot_free(experiment, active):
-    sweep = experiment.sweep
-    if active is not None or sweep is None or not sweep.max_concurrent:
+def _sweep_has_room(sweep, experiment):
+    """Fewer of the sweep's other experiments have a job in flight than its max_concurrent."""
+    if sweep is None or not sweep.max_concurrent:
         return True
     running = Job.objects.active().filter(experiment__sweep=sweep).exclude(experiment=experiment).count()
     return running < sweep.max_concurrent
+
+
+def _sweep_slot_free(experiment, active):
+    return active is not None or _sweep_has_room(experiment.sweep, experiment)
 
 
 def _take_sweep_slot(experiment):
@@ -264,11 +268,7 @@ def _take_sweep_slot(experiment):
         return True
     from .models import Sweep
 
-    sweep = Sweep.objects.select_for_update().filter(pk=experiment.sweep_id).first()
-    if sweep is None or not sweep.max_concurrent:
-        return True
-    running = Job.objects.active().filter(experiment__sweep=sweep).exclude(experiment=experiment).count()
-    return running < sweep.max_concurrent
+    return _sweep_has_room(Sweep.objects.select_for_update().filter(pk=experiment.sweep_id).first(), experiment)
 
 
 def observe_experiment(experiment, now=None):
