@@ -29,9 +29,7 @@ from . import flags as flag_schemas
 from . import sweeps
 from .launch import FLAG_KEY_RE
 from .models import (
-    ACTIVE_JOB_STATUSES,
     NAME_RE,
-    SPEC_FIELDS,
     ApiToken,
     DesiredState,
     Event,
@@ -719,13 +717,9 @@ def update_experiment(request, id: str, payload: ExperimentPatch):
 def delete_experiment(request, id: str):
     """Delete an experiment and its history. Refused (409) while a job is active: set STOPPED or TERMINATED first."""
     experiment = get_experiment(id)
-    with transaction.atomic():
-        if experiment.jobs.filter(status__in=ACTIVE_JOB_STATUSES).exists():
-            raise ApiError(409, f"{experiment.name} has an active job; set it STOPPED or TERMINATED and wait for the job to end.")
-        name = experiment.name
-        experiment.delete()
-        Event.record(None, Event.Kind.DELETE, f"Deleted experiment {name}", user=_user(request), actor="api",
-                     data={"name": name})
+    _, busy = Experiment.objects.filter(pk=experiment.pk).delete_idle(user=_user(request), actor="api")
+    if busy:
+        raise ApiError(409, f"{experiment.name} has an active job; set it STOPPED or TERMINATED and wait for the job to end.")
     return Status(204, None)
 
 

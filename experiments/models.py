@@ -166,6 +166,21 @@ class ExperimentQuerySet(models.QuerySet):
         backing_off = Q(desired_state=DesiredState.RUNNING, next_attempt_at__gt=now)
         return self.exclude(settled & Q(reconciled_run=models.F("run_number"))).exclude(backing_off)
 
+    def delete_idle(self, *, user=None, actor="user"):
+        """Delete those with no job in flight, auditing each; returns (deleted names, kept names).
+
+        An experiment with an active job is kept: deleting it would orphan a
+        running process or cluster.
+        """
+        with transaction.atomic():
+            busy = set(self.filter(jobs__status__in=ACTIVE_JOB_STATUSES).values_list("name", flat=True))
+            doomed = list(self.exclude(name__in=busy).values_list("pk", "name"))
+            self.model.objects.filter(pk__in=[pk for pk, _ in doomed]).delete()
+            for _, name in doomed:
+                Event.record(None, Event.Kind.DELETE, f"Deleted experiment {name}", user=user, actor=actor,
+                             data={"name": name})
+        return [name for _, name in doomed], sorted(busy)
+
     def tagged(self, tag):
         if connection.features.supports_json_field_contains:
             return self.filter(tags__contains=[tag])

@@ -306,12 +306,10 @@ class _Bulk:
 
     @staticmethod
     def delete(request, experiments, tag):
-        busy = set(Job.objects.active().filter(experiment__in=experiments).values_list("experiment__name", flat=True))
-        doomed = [e for e in experiments if e.name not in busy]
-        Experiment.objects.filter(pk__in=[e.pk for e in doomed]).delete()
+        doomed, busy = Experiment.objects.filter(pk__in=[e.pk for e in experiments]).delete_idle(user=request.user)
         text = f"Deleted {len(doomed)} experiment{'s' if len(doomed) != 1 else ''}."
         if busy:
-            text += f" Kept {len(busy)} with a job still active ({', '.join(sorted(busy)[:10])}): stop them first."
+            text += f" Kept {len(busy)} with a job still active ({', '.join(busy[:10])}): stop them first."
         return text
 
 
@@ -627,6 +625,9 @@ def experiment_delete(request, name):
             message=f"Its {experiment.jobs.count()} job(s) and its events are deleted with it. This cannot be undone.",
             action_label="Delete",
         )
-    experiment.delete()
+    deleted, _ = Experiment.objects.filter(pk=experiment.pk).delete_idle(user=request.user)
+    if not deleted:  # a job started while the confirmation was open
+        messages.error(request, f"{experiment.name} was not deleted: a job started meanwhile. Stop it first.")
+        return redirect(experiment)
     messages.success(request, f"Deleted {name}.")
     return redirect("experiments:list")

@@ -83,3 +83,17 @@ def test_any_path_to_running_starts_a_new_run():
     exp.set_desired_state("STOPPED")
     exp.set_desired_state("RUNNING")
     assert Experiment.objects.get(pk=exp.pk).run_number == 3
+
+
+def test_delete_idle_keeps_experiments_with_an_active_job_and_audits_the_rest(owner):
+    from experiments.models import Event
+
+    idle = ExperimentFactory(name="idle")
+    JobFactory(experiment=idle, attempt=1, status="SUCCEEDED")
+    busy = ExperimentFactory(name="busy")
+    JobFactory(experiment=busy, attempt=1, status="RUNNING")
+    deleted, kept = Experiment.objects.filter(name__in=["idle", "busy"]).delete_idle(user=owner)
+    assert (deleted, kept) == (["idle"], ["busy"])
+    assert list(Experiment.objects.values_list("name", flat=True)) == ["busy"]
+    event = Event.objects.get(kind="delete")
+    assert (event.message, event.user, event.experiment) == ("Deleted experiment idle", owner, None)
