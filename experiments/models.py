@@ -22,6 +22,16 @@ name_validator = RegexValidator(
     NAME_RE,
     "Use lowercase letters, digits and hyphens, starting and ending with a letter or digit (at most 60).",
 )
+def unique_name(name, taken, limit=60):
+    """``name``, or ``name-2``, ``name-3``… (cut to fit ``limit``), whichever is not in ``taken``."""
+    candidate, n = name, 2
+    while candidate in taken:
+        suffix = f"-{n}"
+        candidate = name[: limit - len(suffix)].rstrip("-") + suffix
+        n += 1
+    return candidate
+
+
 # Names that are pages of SkyDeck (/experiments/new/, /sweeps/new/, ...), so no detail page could be reached.
 RESERVED_NAMES = frozenset({"new", "bulk", "flags", "preview"})
 

@@ -31,6 +31,7 @@ from .models import (
     Experiment,
     Phase,
     Sweep,
+    unique_name,
     validate_not_reserved,
 )
 
@@ -187,12 +188,7 @@ def child_name(base_name, values, labels, taken):
     if len(name) > 60 or not NAME_RE.match(name):
         digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
         name = f"{_slug(name[:51])}-{digest}"
-    candidate, n = name, 2
-    while candidate in taken:
-        suffix = f"-{n}"
-        candidate = f"{_slug(name[: 60 - len(suffix)])}{suffix}"
-        n += 1
-    return candidate
+    return unique_name(name, taken)
 
 
 def sweep_tag(sweep_name):

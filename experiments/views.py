@@ -39,7 +39,7 @@ from .forms import (
     schemas_for,
 )
 from .templatetags.dashboard import wandb_url
-from .models import ACTIVE_JOB_STATUSES, DesiredState, Event, Experiment, FlagSchema, Job
+from .models import ACTIVE_JOB_STATUSES, DesiredState, Event, Experiment, FlagSchema, Job, unique_name
 
 MAX_FLAG_COLUMNS = 8
 JOB_HISTORY_LIMIT = 100
@@ -316,13 +316,7 @@ class _Bulk:
 def free_name(base):
     """``base``, or ``base-2``, ``base-3``… whichever is not taken."""
     base = base[:54].rstrip("-")
-    taken = set(Experiment.objects.filter(name__startswith=base).values_list("name", flat=True))
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}-{n}" in taken:
-        n += 1
-    return f"{base}-{n}"
+    return unique_name(base, set(Experiment.objects.filter(name__startswith=base).values_list("name", flat=True)))
 
 
 def clone_experiment(source, user):
