@@ -1,6 +1,8 @@
-"""Time SkyDeck's busiest pages on PostgreSQL with 10,000 experiments and 200,000 jobs.
+"""Time SkyDeck's busiest pages with 10,000 experiments and 200,000 jobs, on PostgreSQL or SQLite.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/skydeck_bench .venv/bin/python bench/pages.py [--write docs/benchmark.md]
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/skydeck_bench \\
+        .venv/bin/python bench/pages.py [--write docs/benchmark.md]
+    DATABASE_URL=sqlite:////tmp/skydeck-bench.sqlite3 .venv/bin/python bench/pages.py
 
 The database named in DATABASE_URL is created if missing, migrated and filled
 once (a second run reuses the data). Requests go through Django's full stack
@@ -61,29 +63,56 @@ def fill():
         batch = []
         for i in range(EXPERIMENTS):
             desired = rng.choice(["RUNNING", "RUNNING", "STOPPED", "TERMINATED"])
-            batch.append(Experiment(
-                name=f"exp-{i:05d}", description=f"benchmark experiment {i}", command="python train.py",
-                flags={"trainer.lr": rng.choice([1e-3, 3e-4, 1e-4]), "trainer.seed": i % 5, "model.depth": rng.choice([12, 24]),
-                       "data.name": rng.choice(["c4", "pile"]), "trainer.amp": rng.random() < .5},
-                tags=[rng.choice(["grid", "baseline", "ablation"]), f"week-{i % 10}"],
-                backend=rng.choice(["local", "skypilot"]), accelerators=rng.choice(["", "H100:8", "A100:1"]),
-                infra=rng.choice(["", "aws/us-east-1", "slurm"]), use_spot=rng.random() < .3, desired_state=desired,
-                phase=rng.choice(phases), status_reason="Benchmark", starred=rng.random() < .05,
-                created_at=now - timedelta(minutes=i),
-            ))
+            batch.append(
+                Experiment(
+                    name=f"exp-{i:05d}",
+                    description=f"benchmark experiment {i}",
+                    command="python train.py",
+                    flags={
+                        "trainer.lr": rng.choice([1e-3, 3e-4, 1e-4]),
+                        "trainer.seed": i % 5,
+                        "model.depth": rng.choice([12, 24]),
+                        "data.name": rng.choice(["c4", "pile"]),
+                        "trainer.amp": rng.random() < 0.5,
+                    },
+                    tags=[rng.choice(["grid", "baseline", "ablation"]), f"week-{i % 10}"],
+                    backend=rng.choice(["local", "skypilot"]),
+                    accelerators=rng.choice(["", "H100:8", "A100:1"]),
+                    infra=rng.choice(["", "aws/us-east-1", "slurm"]),
+                    use_spot=rng.random() < 0.3,
+                    desired_state=desired,
+                    phase=rng.choice(phases),
+                    status_reason="Benchmark",
+                    starred=rng.random() < 0.05,
+                    created_at=now - timedelta(minutes=i),
+                )
+            )
         Experiment.objects.bulk_create(batch, batch_size=2000)
         ids = list(Experiment.objects.values_list("id", "name"))
         jobs = []
         for pk, name in ids:
             for attempt in range(1, JOBS_PER_EXPERIMENT + 1):
                 started = now - timedelta(hours=JOBS_PER_EXPERIMENT - attempt + 1)
-                jobs.append(Job(
-                    experiment_id=pk, attempt=attempt, generation=1, backend="local", name=f"sd-{name}-{attempt}",
-                    command="python train.py", cluster_name=f"sd-{name}", sky_job_id=attempt,
-                    status="FAILED" if attempt < JOBS_PER_EXPERIMENT else rng.choice(["SUCCEEDED", "FAILED", "CANCELLED"]),
-                    started_at=started, ended_at=started + timedelta(minutes=40), exit_code=1, failure_kind="user",
-                    error_message="exit code 1",
-                ))
+                jobs.append(
+                    Job(
+                        experiment_id=pk,
+                        attempt=attempt,
+                        generation=1,
+                        backend="local",
+                        name=f"sd-{name}-{attempt}",
+                        command="python train.py",
+                        cluster_name=f"sd-{name}",
+                        sky_job_id=attempt,
+                        status="FAILED"
+                        if attempt < JOBS_PER_EXPERIMENT
+                        else rng.choice(["SUCCEEDED", "FAILED", "CANCELLED"]),
+                        started_at=started,
+                        ended_at=started + timedelta(minutes=40),
+                        exit_code=1,
+                        failure_kind="user",
+                        error_message="exit code 1",
+                    )
+                )
             if len(jobs) >= 20_000:
                 Job.objects.bulk_create(jobs)
                 jobs = []
@@ -116,21 +145,32 @@ def measure(client, url, headers=None, expect=200):
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
+def count_queries(client, url, headers=None):
+    """The queries of one request (the session's and the user's included)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if callable(url):
+        url = url()
+    with CaptureQueriesContext(connection) as captured:
+        client.get(url, headers=headers or {})
+    return len(captured.captured_queries)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", help="write the results as Markdown to this file")
     args = parser.parse_args()
-    if not os.environ["DATABASE_URL"].startswith(("postgres://", "postgresql://")):
-        sys.exit("bench/pages.py measures PostgreSQL: set DATABASE_URL=postgres://...")
-    ensure_database(os.environ["DATABASE_URL"])
+    postgres = os.environ["DATABASE_URL"].startswith(("postgres://", "postgresql://"))
+    if postgres:
+        ensure_database(os.environ["DATABASE_URL"])
 
     import django
 
     django.setup()
+    from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.test import Client
-
-    from django.contrib.auth import get_user_model
 
     call_command("migrate", verbosity=0)
     fill()
@@ -153,26 +193,36 @@ def main():
         ("Polled table fragment, unchanged (204)", unchanged_list, hx, 204),
         ("Experiment detail (20 jobs)", detail, None, 200),
         ("Detail live fragment, unchanged (204)", unchanged_detail, hx, 204),
+        ("API: GET /api/experiments (50 of 10,000)", "/api/experiments?limit=50", None, 200),
+        ("API: GET /api/experiments filtered", "/api/experiments?desired=RUNNING&tag=grid&limit=50", None, 200),
     ]
     rows = []
     for label, url, headers, expect in cases:
         median, p95 = measure(client, url, headers, expect)
-        rows.append((label, median, p95))
-        print(f"{label:<50} median {median:6.1f} ms   p95 {p95:6.1f} ms", flush=True)
+        queries = count_queries(client, url, headers)
+        rows.append((label, median, p95, queries))
+        print(f"{label:<50} median {median:6.1f} ms   p95 {p95:6.1f} ms   {queries} queries", flush=True)
     if args.write:
         from django.db import connection
 
-        version = connection.cursor().connection.info.server_version
+        if postgres:
+            version = connection.cursor().connection.info.server_version
+            engine = f"PostgreSQL {version // 10000}.{version % 10000}"
+        else:
+            import sqlite3
+
+            engine = f"SQLite {sqlite3.sqlite_version}"
         lines = [
             "# Page benchmark",
             "",
-            f"`make bench` (bench/pages.py): PostgreSQL {version // 10000}.{version % 10000}, {EXPERIMENTS:,} experiments, "
+            f"`make bench` (bench/pages.py): {engine}, "
+            f"{EXPERIMENTS:,} experiments, "
             f"{EXPERIMENTS * JOBS_PER_EXPERIMENT:,} jobs; each page requested {REPEAT} times after 5 warm-ups through "
             "Django's full stack in process (session, middleware, queries, templates; no network).",
             "",
-            "| Page | Median | p95 |",
-            "|---|---:|---:|",
-            *[f"| {label} | {median:.1f} ms | {p95:.1f} ms |" for label, median, p95 in rows],
+            "| Page | Median | p95 | Queries |",
+            "|---|---:|---:|---:|",
+            *[f"| {label} | {median:.1f} ms | {p95:.1f} ms | {queries} |" for label, median, p95, queries in rows],
             "",
             "Target: every page under 50 ms median.",
             "",

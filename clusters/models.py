@@ -6,6 +6,8 @@ from datetime import timedelta
 from django.db import models
 from django.utils import timezone
 
+from .leases import holder_gone
+
 OWNED_PREFIX = "sd-"
 
 
@@ -67,6 +69,8 @@ class BackendHealth(models.Model):
     last_error = models.TextField(blank=True)
     last_ok_at = models.DateTimeField(null=True, blank=True)
     last_calls = models.PositiveIntegerField(default=0, help_text="Backend calls made by the last poll")
+    # What the backend says about itself: for SkyPilot, which API server, whether SkyDeck started it, which infra.
+    details = models.JSONField(default=dict, blank=True)
 
     def __str__(self):
         return f"{self.backend}: {'reachable' if self.reachable else 'unreachable'}"
@@ -81,27 +85,41 @@ class Heartbeat(models.Model):
     duration = models.FloatField(null=True, blank=True, help_text="Seconds")
     summary = models.TextField(blank=True)
     ok = models.BooleanField(default=True)
-    # Held while a run is in progress, so two workers never poll at once.
+    # Held while a run is in progress, so two workers never poll at once; renewed while it works.
     lease_until = models.DateTimeField(null=True, blank=True)
+    lease_holder = models.CharField(max_length=80, blank=True)
 
     def __str__(self):
         return self.name
 
     @classmethod
-    def try_lease(cls, name, seconds):
-        """Compare-and-swap: True if this caller may run ``name`` now."""
+    def try_lease(cls, name, seconds, holder):
+        """Compare-and-swap: True if ``holder`` may run ``name`` now.
+
+        Free, expired, or held by a process of this host that is gone: taken.
+        """
         now = timezone.now()
-        cls.objects.get_or_create(name=name)
+        row, _ = cls.objects.get_or_create(name=name)
+        free = models.Q(lease_until__isnull=True) | models.Q(lease_until__lt=now) | models.Q(lease_holder=holder)
+        if row.lease_holder and row.lease_holder != holder and holder_gone(row.lease_holder):
+            free |= models.Q(lease_holder=row.lease_holder)
         return (
             cls.objects.filter(name=name)
-            .filter(models.Q(lease_until__isnull=True) | models.Q(lease_until__lt=now))
-            .update(lease_until=now + timedelta(seconds=seconds))
+            .filter(free)
+            .update(lease_until=now + timedelta(seconds=seconds), lease_holder=holder)
             == 1
         )
 
     @classmethod
-    def release(cls, name):
-        cls.objects.filter(name=name).update(lease_until=None)
+    def renew(cls, name, seconds, holder):
+        """Extend the lease, if ``holder`` still holds it."""
+        until = timezone.now() + timedelta(seconds=seconds)
+        return cls.objects.filter(name=name, lease_holder=holder).update(lease_until=until) == 1
+
+    @classmethod
+    def release(cls, name, holder):
+        """Give the lease back: only its holder can."""
+        cls.objects.filter(name=name, lease_holder=holder).update(lease_until=None, lease_holder="")
 
     @classmethod
     def beat(cls, name, *, started_at, summary="", ok=True):

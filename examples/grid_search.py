@@ -44,14 +44,17 @@ def main():
         if exc.status != 409:
             sys.exit(str(exc))
     try:
-        sweep = sd.post("/api/sweeps", {
-            "name": args.name,
-            "base": base_name,
-            "kind": "grid",
-            "parameters": GRID,
-            "max_concurrent": args.max_concurrent,
-            "desired_state": "RUNNING",
-        })
+        sweep = sd.post(
+            "/api/sweeps",
+            {
+                "name": args.name,
+                "base": base_name,
+                "kind": "grid",
+                "parameters": GRID,
+                "max_concurrent": args.max_concurrent,
+                "desired_state": "RUNNING",
+            },
+        )
     except SkyDeckError as exc:
         sys.exit(str(exc))
     print(f"sweep {sweep['name']}: {len(sweep['experiments'])} experiments, at most {sweep['max_concurrent']} at once")

@@ -1,8 +1,8 @@
 """Create one experiment through the SkyDeck API and ask for it to run.
 
-    export SKYDECK_URL=http://127.0.0.1:8000
-    export SKYDECK_TOKEN=...            # manage.py create_api_token USERNAME
-    python examples/simple_experiment.py [--name NAME] [--backend local|skypilot] [--wait]
+export SKYDECK_URL=http://127.0.0.1:8000
+export SKYDECK_TOKEN=...            # manage.py create_api_token USERNAME
+python examples/simple_experiment.py [--name NAME] [--backend local|skypilot] [--wait]
 """
 
 import argparse
@@ -44,7 +44,8 @@ def main():
         print(f"{args.name} already exists; desired state set to RUNNING")
 
     if not args.wait:
-        print(f"follow it with: curl -H 'Authorization: Bearer $SKYDECK_TOKEN' {sd.url}/api/experiments/{args.name}/status")
+        status = f"{sd.url}/api/experiments/{args.name}/status"
+        print(f"follow it with: curl -H 'Authorization: Bearer $SKYDECK_TOKEN' {status}")
         return
     while True:
         status = sd.get(f"/api/experiments/{args.name}/status")

@@ -8,13 +8,13 @@ Then the flag editor offers trainer.optimizer.lr, model.layers, … with their
 types, choices and defaults, and refuses a value that does not fit.
 """
 
-from enum import Enum
-from typing import Literal, Optional
+from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 
-class OptimizerName(str, Enum):
+class OptimizerName(StrEnum):
     ADAM = "adam"
     ADAMW = "adamw"
     SGD = "sgd"
@@ -33,7 +33,7 @@ class Trainer(BaseModel):
     batch_size: int = 32
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     compile: bool = False
-    grad_clip: Optional[float] = None
+    grad_clip: float | None = None
 
 
 class Model(BaseModel):
@@ -47,4 +47,4 @@ class TrainConfig(BaseModel):
     trainer: Trainer = Trainer()
     model: Model = Model()
     nodes: int = 1
-    seed: Optional[int] = 0
+    seed: int | None = 0

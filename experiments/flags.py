@@ -1,34 +1,29 @@
-"""Flag schemas: inference from pydantic models, learning from used flags, validation.
-
-Interface used by forms, the admin and the API:
-
-    validate_against_schema(flags) -> (coerced_flags, errors, unknown_paths)
-
-``errors`` maps a flag path to a message naming the flag; ``unknown_paths``
-lists flags no schema knows (allowed, and marked as such).
+"""Flag schemas: inferred from pydantic models, and learnt from the flags experiments use.
 
 Schema rows come from three sources. Rows imported from a model or entered
 by hand are authoritative: a value that does not fit their type or choices is
-refused. Rows learnt from flags already in use only describe what was seen, so
-they feed the typeahead and mark a flag as known, but never refuse a value.
+refused (``FlagSchema.objects.check_flags``, which ``Experiment.clean()`` calls,
+with the one flag type system of ``experiments.validators``). Rows learnt from
+flags already in use only describe what was seen, so they feed the typeahead
+and mark a flag as known, but never refuse a value.
 """
 
 import enum
+import importlib
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Case, IntegerField, Q, Value, When
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from .launch import FLAG_KEY_RE, validate_flag_dict
+from .models import Experiment, FlagSchema
+from .validators import FLAG_KEY_MAX, FLAG_KEY_RE, type_of
 
 MAX_DEPTH = 12
-TRUE_WORDS = {"true", "1", "yes", "on", "t", "y"}
-FALSE_WORDS = {"false", "0", "no", "off", "f", "n"}
 LEARNT_NAMESPACE = "learnt"
 
 
@@ -76,8 +71,6 @@ def _unwrap_optional(annotation):
 
 
 def _is_model(annotation):
-    from pydantic import BaseModel
-
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -90,8 +83,6 @@ def _jsonable(value):
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     try:
-        from pydantic_core import to_jsonable_python
-
         value = to_jsonable_python(value)
         json.dumps(value)
         return value
@@ -100,8 +91,6 @@ def _jsonable(value):
 
 
 def _field_default(info):
-    from pydantic_core import PydanticUndefined
-
     if info.default is not PydanticUndefined:
         return _jsonable(info.default)
     if info.default_factory is not None:
@@ -114,8 +103,6 @@ def _field_default(info):
 
 def _classify(annotation):
     """(type, choices) for a leaf annotation, already unwrapped."""
-    from experiments.models import FlagSchema
-
     T = FlagSchema.Type
     if annotation is bool:
         return T.BOOLEAN, []
@@ -170,8 +157,6 @@ def infer_schema(model, prefix="", _depth=0, _seen=None):
 
 def import_model(model, namespace):
     """Store a model's flags as ``namespace``'s schema, replacing what it held before."""
-    from experiments.models import FlagSchema
-
     specs = infer_schema(model)
     rows = [
         FlagSchema(
@@ -197,8 +182,6 @@ def import_model(model, namespace):
 
 def load_model(dotted):
     """``package.module:ClassName`` (or ``package.module.ClassName``) to the class."""
-    import importlib
-
     if ":" in dotted:
         module_name, _, attr_path = dotted.partition(":")
     else:
@@ -220,18 +203,6 @@ def load_model(dotted):
 # --- learning from flags in use ----------------------------------------------------
 
 
-def type_of_value(value):
-    from experiments.models import FlagSchema
-
-    if isinstance(value, bool):
-        return FlagSchema.Type.BOOLEAN
-    if isinstance(value, int):
-        return FlagSchema.Type.INTEGER
-    if isinstance(value, float):
-        return FlagSchema.Type.FLOAT
-    return FlagSchema.Type.STRING
-
-
 def _widen(old, new):
     """The type that holds both: integer and float make float; any other mix is string."""
     if old == new:
@@ -243,26 +214,26 @@ def _widen(old, new):
 
 def learn_flags(flags):
     """Record flags no schema knows yet, typed from their values; widen learnt types."""
-    from experiments.models import FlagSchema
-
     if not isinstance(flags, dict):
         return
-    flags = {k: v for k, v in flags.items() if isinstance(k, str) and FLAG_KEY_RE.match(k) and len(k) <= 300}
+    flags = {
+        k: v for k, v in flags.items() if isinstance(k, str) and FLAG_KEY_RE.fullmatch(k) and len(k) <= FLAG_KEY_MAX
+    }
     if not flags:
         return
     rows = list(FlagSchema.objects.filter(path__in=list(flags)).only("id", "path", "type", "source"))
     known = {r.path for r in rows}
     for row in rows:
         if row.source == FlagSchema.Source.LEARNT:
-            widened = _widen(row.type, type_of_value(flags[row.path]))
+            widened = _widen(row.type, type_of(flags[row.path]))
             if widened != row.type:
                 FlagSchema.objects.filter(pk=row.pk).update(type=widened, type_name=widened)
     new = [
         FlagSchema(
             namespace=LEARNT_NAMESPACE,
             path=path,
-            type=type_of_value(value),
-            type_name=type_of_value(value),
+            type=type_of(value),
+            type_name=type_of(value),
             default=value,
             source=FlagSchema.Source.LEARNT,
             description="Learnt from an experiment's flags",
@@ -276,8 +247,6 @@ def learn_flags(flags):
 
 def learn_from_experiments(queryset=None):
     """Learn every flag used by existing experiments (a backfill)."""
-    from experiments.models import Experiment
-
     queryset = queryset if queryset is not None else Experiment.objects.all()
     for flags in queryset.values_list("flags", flat=True).iterator():
         learn_flags(flags)
@@ -290,227 +259,3 @@ def learn_on_save(sender, instance, **kwargs):
         return
     flags = instance.flags
     transaction.on_commit(lambda: learn_flags(flags))
-
-
-# --- validation and coercion ----------------------------------------------------------
-
-
-class _Refused(Exception):
-    pass
-
-
-def _coerce_bool(value):
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in TRUE_WORDS:
-            return True
-        if word in FALSE_WORDS:
-            return False
-    raise _Refused("must be true or false")
-
-
-def _coerce_int(value):
-    if isinstance(value, bool):
-        raise _Refused("must be an integer, not a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip().replace("_", ""))
-        except ValueError:
-            pass
-    raise _Refused("must be an integer")
-
-
-def _coerce_float(value):
-    if isinstance(value, bool):
-        raise _Refused("must be a number, not a boolean")
-    if isinstance(value, (int, float)):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value.strip())
-        except ValueError:
-            raise _Refused("must be a number") from None
-    else:
-        raise _Refused("must be a number")
-    if not math.isfinite(result):
-        raise _Refused("must be a finite number")
-    return result
-
-
-def _same(a, b):
-    return a == b and type(a) is type(b) or (type(a) in (int, float) and type(b) in (int, float) and a == b)
-
-
-def _coerce_choice(value, choices):
-    for choice in choices:
-        if _same(value, choice):
-            return choice
-    text = str(value).strip() if not isinstance(value, bool) else ("true" if value else "false")
-    for choice in choices:
-        shown = ("true" if choice else "false") if isinstance(choice, bool) else str(choice)
-        if text == shown:
-            return choice
-    listed = ", ".join(json.dumps(c) for c in choices[:20])
-    raise _Refused(f"must be one of {listed}")
-
-
-def coerce_value(row, value):
-    """The value as the schema row's type, or _Refused with why not."""
-    kind = row.type
-    if kind == "boolean":
-        return _coerce_bool(value)
-    if kind == "integer":
-        return _coerce_int(value)
-    if kind == "float":
-        return _coerce_float(value)
-    if kind == "choice":
-        return _coerce_choice(value, list(row.choices or []))
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
-
-
-def storable_text(value):
-    """Text a database and a shell can hold: no NUL, no lone surrogate."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _storable(value):
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, str):
-        return storable_text(value)
-    return True
-
-
-def _priority():
-    from experiments.models import FlagSchema
-
-    return Case(
-        When(source=FlagSchema.Source.MANUAL, then=Value(0)),
-        When(source=FlagSchema.Source.MODEL, then=Value(1)),
-        default=Value(2),
-        output_field=IntegerField(),
-    )
-
-
-def schema_rows_for(paths):
-    """path -> its schema rows, authoritative first."""
-    from experiments.models import FlagSchema
-
-    rows = {}
-    for row in FlagSchema.objects.filter(path__in=list(paths)).annotate(rank=_priority()).order_by("rank", "namespace"):
-        rows.setdefault(row.path, []).append(row)
-    return rows
-
-
-def validate_against_schema(flags):
-    """Check and coerce flags against the stored schemas.
-
-    Returns ``(coerced_flags, errors, unknown_paths)``. A value that fits no
-    authoritative schema row for its path is an error naming the flag; a flag
-    with no row at all is unknown, kept as it is, and listed.
-    """
-    from experiments.models import FlagSchema
-
-    if not isinstance(flags, dict):
-        return {}, {"": "Flags must be an object of name: value."}, []
-    coerced, errors, unknown = {}, {}, []
-    candidates = {}
-    for key, value in flags.items():
-        if not isinstance(key, str) or not FLAG_KEY_RE.match(key) or len(key) > 300:
-            errors[str(key)] = (
-                f"Flag name {str(key)!r} is not valid: start with a letter or _, then letters, digits, _ . or -."
-            )
-        elif value is None or isinstance(value, (list, dict)) or not _storable(value):
-            errors[key] = f"Flag {key!r} must be a string, finite number or boolean without NUL characters."
-        else:
-            candidates[key] = value
-    rows_by_path = schema_rows_for(candidates) if candidates else {}
-    for key, value in candidates.items():
-        rows = rows_by_path.get(key, [])
-        if not rows:
-            unknown.append(key)
-            coerced[key] = value
-            continue
-        authoritative = [r for r in rows if r.source != FlagSchema.Source.LEARNT]
-        if not authoritative:
-            coerced[key] = value
-            continue
-        first_error = None
-        for row in authoritative:
-            try:
-                coerced[key] = coerce_value(row, value)
-                break
-            except _Refused as exc:
-                first_error = first_error or f"Flag {key!r} {exc} (got {json.dumps(value)})."
-        else:
-            errors[key] = first_error
-    if not errors:
-        try:
-            validate_flag_dict(coerced)
-        except ValidationError as exc:
-            errors[""] = "; ".join(exc.messages)
-    return coerced, errors, sorted(unknown)
-
-
-def unknown_paths(flags):
-    """The flags that no schema row describes."""
-    if not isinstance(flags, dict) or not flags:
-        return []
-    rows = schema_rows_for([k for k in flags if isinstance(k, str)])
-    return sorted(k for k in flags if k not in rows)
-
-
-# --- typeahead --------------------------------------------------------------------------
-
-
-def search_paths(query="", limit=20, namespace=None):
-    """FlagSchema rows whose path (or description) matches ``query``, best first.
-
-    One row per path: an imported or hand-entered row wins over a learnt one.
-    Prefix matches of the path come before matches elsewhere.
-    """
-    from experiments.models import FlagSchema
-
-    query = (query or "").strip()
-    qs = FlagSchema.objects.all()
-    if namespace:
-        qs = qs.filter(namespace=namespace)
-    if query:
-        qs = qs.filter(Q(path__icontains=query) | Q(description__icontains=query))
-        match = Case(
-            When(path__istartswith=query, then=Value(0)),
-            When(path__icontains=f".{query}", then=Value(1)),
-            When(path__icontains=query, then=Value(2)),
-            default=Value(3),
-            output_field=IntegerField(),
-        )
-    else:
-        match = Value(0, output_field=IntegerField())
-    qs = qs.annotate(match=match, rank=_priority()).order_by("match", "path", "rank", "namespace")
-    limit = max(1, min(int(limit or 20), 200))
-    seen, result = set(), []
-    # Read a few more than asked so duplicates across namespaces still fill the page.
-    for row in qs[: limit * 4]:
-        if row.path in seen:
-            continue
-        seen.add(row.path)
-        result.append(row)
-        if len(result) == limit:
-            break
-    return result

@@ -1,4 +1,9 @@
-"""The user's intent (Experiment, Sweep, FlagSchema) and its history (Job, Event)."""
+"""The user's intent (Experiment, Sweep, FlagSchema) and its history (Job, Event).
+
+The models hold data and the queries that recur; they change nothing on their
+own. Every change of intent goes through ``experiments.intent``; status columns
+are written only by the reconciler and the poller.
+"""
 
 import hashlib
 import json
@@ -8,40 +13,29 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
-from django.db import connection, models, transaction
-from django.db.models import Q
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import connection, models
+from django.db.models import Case, IntegerField, Q, Value, When
 from django.db.models.expressions import RawSQL
 from django.urls import reverse
 from django.utils import timezone
 
 from clusters.models import OWNED_PREFIX, Backend
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,58}[a-z0-9])?$")
-name_validator = RegexValidator(
-    NAME_RE,
-    "Use lowercase letters, digits and hyphens, starting and ending with a letter or digit (at most 60).",
+from .validators import (
+    FLAG_KEY_MAX,
+    FLAG_KEY_RE,
+    FlagType,
+    FlagValueError,
+    coerce_flag,
+    name_validator,
+    storable_text,
+    validate_envs,
+    validate_flag_dict,
+    validate_not_reserved,
+    validate_sweep,
+    validate_tags,
 )
-def unique_name(name, taken, limit=60):
-    """``name``, or ``name-2``, ``name-3``… (cut to fit ``limit``), whichever is not in ``taken``."""
-    candidate, n = name, 2
-    while candidate in taken:
-        suffix = f"-{n}"
-        candidate = name[: limit - len(suffix)].rstrip("-") + suffix
-        n += 1
-    return candidate
-
-
-# Names that are pages of SkyDeck (/experiments/new/, /sweeps/new/, ...), so no detail page could be reached.
-RESERVED_NAMES = frozenset({"new", "bulk", "flags", "preview"})
-
-
-def validate_not_reserved(value):
-    if value in RESERVED_NAMES:
-        raise ValidationError(f"{value!r} is the name of a SkyDeck page: choose another name.", code="reserved")
-
-
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,49}$")
 
 
 class DesiredState(models.TextChoices):
@@ -54,6 +48,16 @@ class RestartPolicy(models.TextChoices):
     NEVER = "never", "Never"
     ON_FAILURE = "on_failure", "On failure"
     ALWAYS = "always", "Always"
+
+
+class LimitAction(models.TextChoices):
+    STOPPED = "STOPPED", "Stop it (keep the cluster's disk)"
+    TERMINATED = "TERMINATED", "Terminate it (tear the cluster down)"
+
+
+class StallAction(models.TextChoices):
+    RESTART = "restart", "Restart the job (an infrastructure failure)"
+    FLAG = "flag", "Only flag it"
 
 
 class FlagStyle(models.TextChoices):
@@ -74,6 +78,11 @@ class JobStatus(models.TextChoices):
     CANCELLED = "CANCELLED", "Cancelled"
     LOST = "LOST", "Lost"
 
+
+# An ended job's output copy is completed within this long, or left as it is.
+LOG_COMPLETE_WITHIN = timedelta(hours=6)
+# A reader of a log marks it watched at most this often.
+WATCH_WRITE_EVERY = timedelta(seconds=10)
 
 ACTIVE_JOB_STATUSES = (JobStatus.LAUNCHING, JobStatus.PENDING, JobStatus.SETTING_UP, JobStatus.RUNNING)
 FAILED_JOB_STATUSES = (
@@ -124,6 +133,7 @@ SPEC_FIELDS = (
     "envs",
     "workdir",
     "autostop_minutes",
+    "keep_cluster_up",
     "managed",
     "backend",
 )
@@ -131,31 +141,6 @@ SPEC_FIELDS = (
 
 def default_backend():
     return settings.SKYDECK_DEFAULT_BACKEND
-
-
-def validate_tags(value):
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        raise ValidationError("Tags must be a list of strings.")
-    for tag in value:
-        if not TAG_RE.match(tag):
-            raise ValidationError(f"Tag {tag!r} is not valid: use letters, digits and _ . : / - (at most 50).")
-
-
-def validate_envs(value):
-    if not isinstance(value, dict):
-        raise ValidationError("Environment variables must be an object of NAME: value.")
-    for key, val in value.items():
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(key)):
-            raise ValidationError(f"{key!r} is not a valid environment variable name.")
-        if not isinstance(val, (str, int, float, bool)):
-            raise ValidationError(f"Environment variable {key} must be a string or number.")
-
-
-def validate_flags(value):
-    # Local import: launch.py imports this module.
-    from experiments.launch import validate_flag_dict
-
-    validate_flag_dict(value)
 
 
 class ExperimentQuerySet(models.QuerySet):
@@ -170,26 +155,14 @@ class ExperimentQuerySet(models.QuerySet):
         when a spec change, a restart or a retry asks for attention.
         """
         now = timezone.now()
-        settled = Q(desired_state=DesiredState.RUNNING, phase__in=[Phase.SUCCEEDED, Phase.FAILED]) | Q(
-            desired_state=DesiredState.STOPPED, phase=Phase.STOPPED
-        ) | Q(desired_state=DesiredState.TERMINATED, phase=Phase.TERMINATED)
+        settled = (
+            Q(desired_state=DesiredState.RUNNING, phase__in=[Phase.SUCCEEDED, Phase.FAILED])
+            | Q(desired_state=DesiredState.STOPPED, phase=Phase.STOPPED)
+            | Q(desired_state=DesiredState.TERMINATED, phase=Phase.TERMINATED)
+        )
         backing_off = Q(desired_state=DesiredState.RUNNING, next_attempt_at__gt=now)
-        return self.exclude(settled & Q(reconciled_run=models.F("run_number"))).exclude(backing_off)
-
-    def delete_idle(self, *, user=None, actor="user"):
-        """Delete those with no job in flight, auditing each; returns (deleted names, kept names).
-
-        An experiment with an active job is kept: deleting it would orphan a
-        running process or cluster.
-        """
-        with transaction.atomic():
-            busy = set(self.filter(jobs__status__in=ACTIVE_JOB_STATUSES).values_list("name", flat=True))
-            doomed = list(self.exclude(name__in=busy).values_list("pk", "name"))
-            self.model.objects.filter(pk__in=[pk for pk, _ in doomed]).delete()
-            for _, name in doomed:
-                Event.record(None, Event.Kind.DELETE, f"Deleted experiment {name}", user=user, actor=actor,
-                             data={"name": name})
-        return [name for _, name in doomed], sorted(busy)
+        idle_due = Q(cluster_idle_until__lte=now)
+        return self.filter(~(settled & Q(reconciled_run=models.F("run_number"))) & ~backing_off | idle_due)
 
     def tagged(self, tag):
         if connection.features.supports_json_field_contains:
@@ -197,8 +170,17 @@ class ExperimentQuerySet(models.QuerySet):
         # SQLite: no JSON containment operator, so ask json_each.
         table = self.model._meta.db_table
         return self.filter(
-            pk__in=RawSQL(f'SELECT "{table}"."id" FROM "{table}", json_each("{table}"."tags") WHERE json_each.value = %s', (tag,))
+            pk__in=RawSQL(
+                f'SELECT "{table}"."id" FROM "{table}", json_each("{table}"."tags") WHERE json_each.value = %s', (tag,)
+            )
         )
+
+    def owned_by(self, user):
+        return self.filter(owner=user)
+
+    def names_like(self, base):
+        """The names taken among those starting with ``base``: what a new name must avoid."""
+        return set(self.filter(name__startswith=base).values_list("name", flat=True))
 
 
 class Sweep(models.Model):
@@ -218,11 +200,38 @@ class Sweep(models.Model):
     max_concurrent = models.PositiveIntegerField(
         null=True, blank=True, help_text="At most this many of the sweep's experiments run at once"
     )
+    max_cost = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01)],
+        verbose_name="budget ($)",
+        help_text="Stop every experiment of the sweep once their jobs together have cost this much, in $",
+    )
+    limit_action = models.CharField(
+        max_length=12,
+        choices=LimitAction.choices,
+        default=LimitAction.STOPPED,
+        help_text="What the sweep's experiments are set to when the budget is reached",
+    )
+    # When all its experiments had settled (nothing running or to start); cleared when one starts again.
+    finished_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_sweeps",
+        help_text="May change it, with the members of its group and staff",
+    )
+    group = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.SET_NULL, help_text="Its members may change it too"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["-created_at", "-id"], name="sweep_newest")]
 
     def __str__(self):
         return self.name
@@ -230,10 +239,12 @@ class Sweep(models.Model):
     def get_absolute_url(self):
         return reverse("experiments:sweep_detail", args=[self.name])
 
+    def spent(self):
+        """What the jobs of all its experiments have cost, in $."""
+        return Job.objects.filter(experiment__sweep=self).aggregate(total=models.Sum("cost"))["total"] or 0.0
+
     def clean(self):
         super().clean()
-        from experiments.sweeps import validate_sweep
-
         validate_sweep(self.kind, self.parameters, self.samples)
 
 
@@ -242,36 +253,89 @@ class Experiment(models.Model):
     name = models.SlugField(max_length=60, unique=True, validators=[name_validator, validate_not_reserved])
     description = models.TextField(blank=True)
     command = models.TextField(help_text="The base command; flags are appended as key=value arguments")
-    flags = models.JSONField(default=dict, blank=True, validators=[validate_flags])
+    flags = models.JSONField(default=dict, blank=True, validators=[validate_flag_dict])
     flag_style = models.CharField(max_length=10, choices=FlagStyle.choices, default=FlagStyle.PLAIN)
     accelerators = models.CharField(max_length=100, blank=True, help_text="e.g. H100:8 or A100:1")
     num_nodes = models.PositiveIntegerField(default=1)
     cpus = models.CharField(max_length=20, blank=True, help_text="e.g. 4 or 4+")
     memory = models.CharField(max_length=20, blank=True, help_text="GiB, e.g. 16 or 16+")
-    infra = models.CharField(max_length=200, blank=True, help_text="cloud/region/zone, e.g. aws/us-east-1, or slurm, k8s")
+    infra = models.CharField(
+        max_length=200, blank=True, help_text="cloud/region/zone, e.g. aws/us-east-1, or slurm, k8s"
+    )
     use_spot = models.BooleanField(default=False)
     disk_size = models.PositiveIntegerField(null=True, blank=True, help_text="GiB")
     image_id = models.CharField(max_length=300, blank=True)
     setup = models.TextField(blank=True)
     envs = models.JSONField(default=dict, blank=True, validators=[validate_envs])
     workdir = models.CharField(max_length=500, blank=True)
-    autostop_minutes = models.PositiveIntegerField(null=True, blank=True, help_text="Idle minutes before autostop")
+    autostop_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Stop the cluster (tear it down where the infra cannot stop) after this many idle minutes; "
+        "empty: the default",
+    )
+    keep_cluster_up = models.BooleanField(default=False, help_text="Never stop or tear down the cluster when idle")
     managed = models.BooleanField(
         default=False, help_text="Run as a SkyPilot managed job (SkyPilot recovers spot preemptions)"
     )
     backend = models.CharField(max_length=20, choices=Backend.choices, default=default_backend)
     restart_policy = models.CharField(max_length=20, choices=RestartPolicy.choices, default=RestartPolicy.NEVER)
     max_restarts = models.PositiveIntegerField(default=3)
+    # --- guardrails: inputs to plan() ------------------------------------------
+    max_cost = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01)],
+        verbose_name="budget ($)",
+        help_text="Stop once its jobs have cost this much, in $, over all attempts and restarts",
+    )
+    max_runtime_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="runtime limit (minutes)",
+        help_text="Stop a run after this many minutes of wall time, its restarts included",
+    )
+    limit_action = models.CharField(
+        max_length=12,
+        choices=LimitAction.choices,
+        default=LimitAction.STOPPED,
+        help_text="What the desired state becomes when the budget or the runtime limit is reached",
+    )
+    stall_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        verbose_name="stall watchdog (minutes)",
+        help_text="Act when a running job prints nothing for this many minutes; empty: the default, 0: off",
+    )
+    stall_action = models.CharField(
+        max_length=10,
+        choices=StallAction.choices,
+        default=StallAction.RESTART,
+        help_text="What the watchdog does with a silent job",
+    )
     tags = models.JSONField(default=list, blank=True, validators=[validate_tags])
     sweep = models.ForeignKey(Sweep, null=True, blank=True, on_delete=models.SET_NULL, related_name="experiments")
     starred = models.BooleanField(default=False)
     desired_state = models.CharField(max_length=20, choices=DesiredState.choices, default=DesiredState.STOPPED)
 
-    # --- bookkeeping ----------------------------------------------------------
+    # --- bookkeeping: bumped by experiments.intent, never by save() ------------
     generation = models.PositiveIntegerField(default=1, help_text="Bumped by every spec change")
     # Bumped each time the user asks for a fresh run (set RUNNING, or restart).
     run_number = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # Who may change, run, stop and delete it: its owner, the members of its group, and staff.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_experiments",
+        help_text="May change, run, stop and delete it, with the members of its group and staff",
+    )
+    group = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.SET_NULL, help_text="Its members may change it too"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -287,67 +351,34 @@ class Experiment(models.Model):
     # A cluster-level request in flight (start, stop, down) that the poller resolves.
     cluster_request_id = models.CharField(max_length=200, blank=True)
     cluster_request_kind = models.CharField(max_length=10, blank=True)
-    claimed_by = models.CharField(max_length=40, blank=True)
+    claimed_by = models.CharField(max_length=80, blank=True)
     claim_expires_at = models.DateTimeField(null=True, blank=True)
+    # When the finished run's idle cluster is due to be stopped (or torn down); the reconciler looks then.
+    cluster_idle_until = models.DateTimeField(null=True, blank=True)
+    # A guardrail that set the desired state (BudgetExceeded, RuntimeLimitReached), and its figures;
+    # cleared by the next change of desired state a user makes.
+    halt_reason = models.CharField(max_length=40, blank=True)
+    halt_message = models.TextField(blank=True)
 
     objects = ExperimentQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # One index per order the list offers (experiments.filters.SORTS) and per filter that narrows
+        # it; search and tags have PostgreSQL-only indexes of their own (migration 0008).
         indexes = [
+            models.Index(fields=["-created_at", "-id"], name="experiment_newest"),
+            models.Index(fields=["-updated_at", "-id"], name="experiment_changed"),
+            models.Index(fields=["owner", "-created_at", "-id"], name="experiment_owner_newest"),
+            models.Index(fields=["phase", "name"], name="experiment_phase_name"),
+            models.Index(fields=["desired_state", "name"], name="experiment_desired_name"),
+            models.Index(fields=["backend", "name"], name="experiment_backend_name"),
             models.Index(fields=["desired_state", "phase"]),
-            models.Index(fields=["backend"]),
-            models.Index(fields=["starred"]),
+            models.Index(fields=["starred", "-created_at", "-id"], name="experiment_starred_newest"),
         ]
 
     def __str__(self):
         return self.name
-
-    # The spec as it was loaded, so save() can tell whether it changed.
-    @classmethod
-    def from_db(cls, db, field_names, values, **kwargs):
-        instance = super().from_db(db, field_names, values, **kwargs)
-        instance._loaded_spec = instance.spec_fingerprint() if set(SPEC_FIELDS) <= set(field_names) else None
-        instance._loaded_run = (
-            (instance.desired_state, instance.run_number) if {"desired_state", "run_number"} <= set(field_names) else None
-        )
-        return instance
-
-    def spec_fingerprint(self):
-        return json.dumps({f: getattr(self, f) for f in SPEC_FIELDS}, sort_keys=True, default=str)
-
-    def spec_changed(self):
-        loaded = getattr(self, "_loaded_spec", None)
-        return self.pk is not None and loaded is not None and loaded != self.spec_fingerprint()
-
-    def starts_a_new_run(self):
-        """Desired state turned RUNNING (from the form, the admin, the API or plain ORM code)."""
-        loaded = getattr(self, "_loaded_run", None)
-        return (
-            self.pk is not None
-            and loaded is not None
-            and loaded[0] != DesiredState.RUNNING
-            and self.desired_state == DesiredState.RUNNING
-            and loaded[1] == self.run_number  # not already bumped (request_restart does its own)
-        )
-
-    def save(self, *args, **kwargs):
-        extra = set()
-        if self.spec_changed():
-            self.generation += 1
-            extra |= {"generation", "updated_at"}
-        if self.starts_a_new_run():
-            # A fresh run: the restart budget and the backoff start over.
-            self.run_number += 1
-            self.failure_count = 0
-            self.next_attempt_at = None
-            extra |= {"run_number", "failure_count", "next_attempt_at", "updated_at"}
-        update_fields = kwargs.get("update_fields")
-        if update_fields is not None and extra:
-            kwargs["update_fields"] = set(update_fields) | extra
-        super().save(*args, **kwargs)
-        self._loaded_spec = self.spec_fingerprint()
-        self._loaded_run = (self.desired_state, self.run_number)
 
     def get_absolute_url(self):
         return reverse("experiments:detail", args=[self.name])
@@ -355,10 +386,16 @@ class Experiment(models.Model):
     def clean(self):
         """Flags checked and coerced against their schemas: the form, the admin and the API all pass here."""
         super().clean()
-        from experiments.flags import validate_against_schema
-
+        if self.backend == Backend.LOCAL:
+            errors = {}
+            if self.managed:
+                errors["managed"] = "Managed jobs need the SkyPilot backend."
+            if (self.num_nodes or 1) != 1:
+                errors["num_nodes"] = "The local backend runs on one node."
+            if errors:
+                raise ValidationError(errors)
         if isinstance(self.flags, dict):
-            coerced, errors, unknown = validate_against_schema(self.flags)
+            coerced, errors, unknown = FlagSchema.objects.check_flags(self.flags)
             if errors:
                 raise ValidationError({"flags": list(errors.values())})
             self.flags = coerced
@@ -369,9 +406,7 @@ class Experiment(models.Model):
         """Flags that no schema describes: allowed, and shown as such."""
         cached = getattr(self, "_unknown_flags", None)
         if cached is None:
-            from experiments.flags import unknown_paths
-
-            cached = self._unknown_flags = unknown_paths(self.flags)
+            cached = self._unknown_flags = FlagSchema.objects.unknown(self.flags)
         return cached
 
     # --- derived -----------------------------------------------------------
@@ -382,6 +417,46 @@ class Experiment(models.Model):
 
     def job_name(self, attempt):
         return f"{OWNED_PREFIX}{self.name}-{attempt}"
+
+    def spec(self):
+        """The spec fields as a dict: what a clone copies and a change compares."""
+        return {f: getattr(self, f) for f in SPEC_FIELDS}
+
+    @property
+    def idle_minutes(self):
+        """Minutes a finished run's cluster stays up before it is stopped; None keeps it up."""
+        if self.keep_cluster_up:
+            return None
+        return self.autostop_minutes if self.autostop_minutes is not None else settings.SKYDECK_IDLE_MINUTES
+
+    @property
+    def stall_threshold(self):
+        """Minutes of silence after which the watchdog acts; None: off."""
+        minutes = self.stall_minutes if self.stall_minutes is not None else settings.SKYDECK_STALL_MINUTES
+        return minutes or None
+
+    def spent(self):
+        """What its jobs have cost, in $, over all attempts and restarts."""
+        return self.jobs.aggregate(total=models.Sum("cost"))["total"] or 0.0
+
+    @property
+    def run_finished(self):
+        """RUNNING was asked, and the run has ended as its restart policy allows: nothing more will start."""
+        return (
+            self.desired_state == DesiredState.RUNNING
+            and self.phase in (Phase.SUCCEEDED, Phase.FAILED)
+            and self.reconciled_run == self.run_number  # a fresh run is on its way until the reconciler looked
+        )
+
+    @property
+    def shows_desired(self):
+        """Whether the desired state says more than the phase: on the way there, or not yet there."""
+        settled = {
+            (DesiredState.RUNNING, Phase.RUNNING),
+            (DesiredState.STOPPED, Phase.STOPPED),
+            (DesiredState.TERMINATED, Phase.TERMINATED),
+        }
+        return (self.desired_state, self.phase) not in settled and not self.run_finished
 
     @property
     def out_of_date(self):
@@ -402,59 +477,6 @@ class Experiment(models.Model):
         if cached is not None:
             return max(cached, key=lambda j: j.attempt, default=None)
         return self.jobs.order_by("-attempt").first()
-
-    # --- intent changes, each audited and reconciled at once ------------------
-
-    def set_desired_state(self, state, *, user=None, source="user"):
-        """Record what the user wants; the reconciler makes it so."""
-        if state not in DesiredState.values:
-            raise ValidationError(f"{state!r} is not a desired state (use RUNNING, STOPPED or TERMINATED).")
-        previous = self.desired_state
-        if previous == state:
-            return False
-        if getattr(self, "_loaded_run", None) is None:
-            self._loaded_run = (previous, self.run_number)  # built in memory: still knows what it was
-        self.desired_state = state
-        with transaction.atomic():
-            self.save(update_fields=["desired_state", "updated_at"])  # save() starts the new run
-            Event.record(
-                self,
-                Event.Kind.DESIRED_STATE,
-                f"Desired state {previous} → {state}",
-                user=user,
-                actor=source,
-                data={"from": previous, "to": state},
-            )
-            self.reconcile_soon()
-        return True
-
-    def request_restart(self, *, user=None, source="user"):
-        """Cancel the active job (if any) and run the current spec afresh."""
-        with transaction.atomic():
-            self.run_number += 1
-            self.failure_count = 0
-            self.next_attempt_at = None
-            previous = self.desired_state
-            self.desired_state = DesiredState.RUNNING
-            self.save(update_fields=["run_number", "failure_count", "next_attempt_at", "desired_state", "updated_at"])
-            Event.record(self, Event.Kind.RESTART, f"Restart requested (was {previous})", user=user, actor=source)
-            self.reconcile_soon()
-
-    def reconcile_soon(self):
-        """Enqueue a reconcile of this experiment once the transaction commits."""
-        pk = self.pk
-
-        def enqueue():
-            from experiments.tasks import reconcile_experiment
-
-            try:
-                reconcile_experiment.delay(pk)
-            except Exception:  # broker down: beat's periodic pass heals it
-                import logging
-
-                logging.getLogger(__name__).warning("could not enqueue reconcile of experiment %s", pk, exc_info=True)
-
-        transaction.on_commit(enqueue)
 
 
 class JobQuerySet(models.QuerySet):
@@ -484,10 +506,17 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
+    exit_codes = models.JSONField(null=True, blank=True, help_text="One exit code per node, where the backend says")
     failure_kind = models.CharField(max_length=10, choices=FailureKind.choices, default=FailureKind.NONE)
     failure_reason = models.CharField(max_length=60, blank=True, help_text="CamelCase reason for a failure")
     error_message = models.TextField(blank=True)
+    # Set when a user asks for this job alone to be cancelled; the reconciler cancels it.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     log_path = models.CharField(max_length=1000, blank=True)
+    # The copy of the output holds all of it (the job ended and its last lines were fetched).
+    log_complete = models.BooleanField(default=False)
+    # When someone last read the log (the page or the API): watched copies are refreshed more often.
+    log_watched_at = models.DateTimeField(null=True, blank=True)
     cost = models.FloatField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
@@ -515,6 +544,21 @@ class Job(models.Model):
     def is_active(self):
         return self.status in ACTIVE_JOB_STATUSES
 
+    def mark_watched(self, now=None):
+        """Say that someone reads the log now (at most one write every few seconds)."""
+        now = now or timezone.now()
+        if self.log_watched_at is None or now - self.log_watched_at > WATCH_WRITE_EVERY:
+            Job.objects.filter(pk=self.pk).update(log_watched_at=now)
+            self.log_watched_at = now
+
+    @property
+    def output_complete(self):
+        """The copy of the output holds all of it: nothing more will come."""
+        if self.log_complete:
+            return True
+        # An old job whose copy was never completed (its cluster went first): what there is, is all.
+        return not self.is_active and self.ended_at is not None and timezone.now() - self.ended_at > LOG_COMPLETE_WITHIN
+
     @property
     def duration(self):
         if not self.started_at:
@@ -529,6 +573,7 @@ class Event(models.Model):
         CREATED = "created", "Created"
         DESIRED_STATE = "desired_state", "Desired state"
         SPEC = "spec", "Spec edited"
+        EDIT = "edit", "Edited"
         RESTART = "restart", "Restart"
         LAUNCH = "launch", "Launch"
         START = "start", "Start"
@@ -539,6 +584,7 @@ class Event(models.Model):
         JOB = "job", "Job status"
         FAILURE = "failure", "Failure"
         GIVE_UP = "give_up", "Gave up"
+        GUARDRAIL = "guardrail", "Guardrail"
         ADOPT = "adopt", "Adopted"
         DELETE = "delete", "Deleted"
         INFO = "info", "Info"
@@ -554,6 +600,7 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["experiment", "-created_at", "-id"], name="event_experiment_newest")]
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.kind}: {self.message}"
@@ -562,7 +609,7 @@ class Event(models.Model):
     def record(cls, experiment, kind, message, *, job=None, user=None, actor=None, data=None):
         if actor is None:
             actor = "user" if user is not None else "reconciler"
-        return cls.objects.create(
+        event = cls.objects.create(
             experiment=experiment,
             job=job,
             user=user if (user is not None and user.is_authenticated) else None,
@@ -571,6 +618,12 @@ class Event(models.Model):
             message=message,
             data=data or {},
         )
+        if event.data.get("notify"):
+            # A topic someone may be subscribed to: told once the transaction commits (experiments.notify).
+            from . import enqueue
+
+            enqueue.notify(event.pk)
+        return event
 
     @property
     def who(self):
@@ -579,13 +632,114 @@ class Event(models.Model):
         return self.actor
 
 
+class FlagSchemaQuerySet(models.QuerySet):
+    """Schema rows by path, under one rule: a row entered by hand wins over one imported from
+    a model, which wins over one learnt from flags in use; then the namespace, alphabetically."""
+
+    def ranked(self):
+        return self.annotate(
+            rank=Case(
+                When(source=FlagSchema.Source.MANUAL, then=Value(0)),
+                When(source=FlagSchema.Source.MODEL, then=Value(1)),
+                default=Value(2),
+                output_field=IntegerField(),
+            )
+        )
+
+    def describing(self, paths):
+        """path -> the one row that describes it, for the paths that have one (one query)."""
+        paths = [p for p in paths if isinstance(p, str) and p]
+        found = {}
+        if paths:
+            for row in self.filter(path__in=paths).ranked().order_by("rank", "namespace"):
+                found.setdefault(row.path, row)
+        return found
+
+    def unknown(self, flags):
+        """The flags that no schema row describes."""
+        if not isinstance(flags, dict) or not flags:
+            return []
+        known = self.describing(list(flags))
+        return sorted(k for k in flags if k not in known)
+
+    def check_flags(self, flags):
+        """Check and coerce flags against the row describing each: ``(coerced, errors, unknown)``.
+
+        A row entered by hand or imported from a model is authoritative: a value that does
+        not fit its type or choices is an error naming the flag. A learnt row only says the
+        flag is known. A flag with no row is kept as it is and listed as unknown.
+        """
+        if not isinstance(flags, dict):
+            return {}, {"": "Flags must be an object of name: value."}, []
+        coerced, errors, candidates = {}, {}, {}
+        for key, value in flags.items():
+            if not isinstance(key, str) or not FLAG_KEY_RE.fullmatch(key) or len(key) > FLAG_KEY_MAX:
+                errors[str(key)] = (
+                    f"Flag name {str(key)!r} is not valid: start with a letter or _, then letters, digits, _ . or -."
+                )
+            elif value is None or isinstance(value, (list, dict)) or not _storable(value):
+                errors[key] = f"Flag {key!r} must be a string, finite number or boolean without NUL characters."
+            else:
+                candidates[key] = value
+        rows = self.describing(list(candidates))
+        for key, value in candidates.items():
+            row = rows.get(key)
+            if row is None or row.source == FlagSchema.Source.LEARNT:
+                coerced[key] = value
+                continue
+            try:
+                coerced[key] = coerce_flag(row.type, value, row.choices or ())
+            except FlagValueError as exc:
+                errors[key] = f"Flag {key!r} {exc} (got {json.dumps(value)})."
+        if not errors:
+            try:
+                validate_flag_dict(coerced)
+            except ValidationError as exc:
+                errors[""] = "; ".join(exc.messages)
+        return coerced, errors, sorted(k for k in candidates if k not in rows)
+
+    def search(self, query="", limit=20, namespace=None):
+        """Rows whose path (or description) matches ``query``, best first, one per path.
+
+        Prefix matches of the path come first, then matches of a path segment, then
+        matches anywhere; among rows of one path, the one that describes it.
+        """
+        query = (query or "").strip()
+        qs = self.filter(namespace=namespace) if namespace else self.all()
+        if query:
+            qs = qs.filter(Q(path__icontains=query) | Q(description__icontains=query))
+            match = Case(
+                When(path__istartswith=query, then=Value(0)),
+                When(path__icontains=f".{query}", then=Value(1)),
+                When(path__icontains=query, then=Value(2)),
+                default=Value(3),
+                output_field=IntegerField(),
+            )
+        else:
+            match = Value(0, output_field=IntegerField())
+        qs = qs.ranked().annotate(match=match).order_by("match", "path", "rank", "namespace")
+        limit = max(1, min(int(limit or 20), 200))
+        seen, result = set(), []
+        # Read a few more than asked so duplicates across namespaces still fill the page.
+        for row in qs[: limit * 4]:
+            if row.path not in seen:
+                seen.add(row.path)
+                result.append(row)
+                if len(result) == limit:
+                    break
+        return result
+
+
+def _storable(value):
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, str):
+        return storable_text(value)
+    return True
+
+
 class FlagSchema(models.Model):
-    class Type(models.TextChoices):
-        STRING = "string", "String"
-        INTEGER = "integer", "Integer"
-        FLOAT = "float", "Float"
-        BOOLEAN = "boolean", "Boolean"
-        CHOICE = "choice", "Choice"
+    Type = FlagType
 
     class Source(models.TextChoices):
         MODEL = "model", "Imported from a model"
@@ -602,6 +756,8 @@ class FlagSchema(models.Model):
     required = models.BooleanField(default=False)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.MANUAL)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = FlagSchemaQuerySet.as_manager()
 
     class Meta:
         ordering = ["namespace", "path"]
@@ -657,3 +813,87 @@ class ApiToken(models.Model):
     def revoke(self):
         self.revoked_at = timezone.now()
         self.save(update_fields=["revoked_at"])
+
+
+class FailureRule(models.Model):
+    """Classifies a failed job from its exit code and the last lines of its output (admin-editable).
+
+    The first enabled rule in ``position`` order that matches names the failure
+    (``failure_reason``) and says whose it is (``failure_kind``): the restart policy
+    retries an infrastructure failure without counting it against max_restarts.
+    """
+
+    position = models.PositiveIntegerField(default=100, help_text="Rules are tried in this order, lowest first")
+    reason = models.CharField(
+        max_length=60,
+        validators=[RegexValidator(r"^[A-Z][A-Za-z0-9]*\Z", "A CamelCase name, e.g. OutOfMemory")],
+        help_text="The failure's name, CamelCase (e.g. OutOfMemory)",
+    )
+    kind = models.CharField(
+        max_length=10,
+        choices=[
+            (FailureKind.USER, "The user's code (the restart policy decides)"),
+            (FailureKind.INFRA, "The infrastructure (retried)"),
+        ],
+        default=FailureKind.USER,
+    )
+    exit_codes = models.JSONField(
+        default=list, blank=True, help_text="Matches a job that exited with one of these codes, e.g. [137]"
+    )
+    pattern = models.TextField(
+        blank=True,
+        help_text="Or whose last lines of output match this regular expression (Python syntax, case-insensitive)",
+    )
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self):
+        return f"{self.reason} ({self.get_kind_display()})"
+
+    def clean(self):
+        super().clean()
+        errors = {}
+        if not isinstance(self.exit_codes, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in self.exit_codes
+        ):
+            errors["exit_codes"] = "A list of whole numbers, e.g. [137] (or [] for none)."
+        if self.pattern:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                errors["pattern"] = f"Not a regular expression: {exc}."
+        if not self.pattern and not self.exit_codes and "exit_codes" not in errors:
+            errors["pattern"] = "Give a pattern, exit codes, or both: a rule with neither matches nothing."
+        if errors:
+            raise ValidationError(errors)
+
+    def matches(self, exit_code, output):
+        """The line that matched (or a note on the exit code), else ''."""
+        if exit_code is not None and exit_code in (self.exit_codes or []):
+            return f"exit code {exit_code}"
+        if self.pattern:
+            try:
+                found = re.search(self.pattern, output or "", re.IGNORECASE | re.MULTILINE)
+            except re.error:
+                return ""
+            if found:
+                start = output.rfind("\n", 0, found.start()) + 1
+                end = output.find("\n", found.end())
+                return output[start : end if end != -1 else len(output)].strip()[:300]
+        return ""
+
+
+class Revision(models.Model):
+    """On SQLite, the one row whose value triggers bump on every change a page shows (see experiments.revision)."""
+
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self):
+        return str(self.value)
+
+
+from .metric_models import *  # noqa
+from .notification_models import DEFAULT_TOPICS, Notification, Subscription, Topic  # noqa: E402, F401

@@ -6,10 +6,14 @@ import re
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .models import NAME_RE, DesiredState, Experiment, Sweep, name_validator
+from .forms import budget_field
+from .models import DesiredState, Experiment, LimitAction, Sweep
 from .sweeps import MAX_CHILDREN
+from .validators import NAME_RE, name_validator
 
-RANGE_RE = re.compile(r"^(?P<min>\S+)\s*\.\.\s*(?P<max>\S+?)(?:\s+(?P<opts>(?:log|int|float)(?:\s+(?:log|int|float))*))?$")
+RANGE_RE = re.compile(
+    r"^(?P<min>\S+)\s*\.\.\s*(?P<max>\S+?)(?:\s+(?P<opts>(?:log|int|float)(?:\s+(?:log|int|float))*))?$"
+)
 
 
 # A value: a JSON string (which may hold commas) or anything up to the next comma.
@@ -88,33 +92,66 @@ def format_parameters(parameters):
 
 
 class SweepForm(forms.Form):
-    name = forms.CharField(max_length=60, validators=[name_validator], help_text="Lowercase letters, digits and hyphens.")
+    name = forms.CharField(
+        max_length=60, validators=[name_validator], help_text="Lowercase letters, digits and hyphens."
+    )
     base = forms.ModelChoiceField(
-        queryset=Experiment.objects.order_by("name"), to_field_name="name",
+        queryset=Experiment.objects.order_by("name"),
+        to_field_name="name",
         help_text="Children copy its command, resources and flags, then set the sweep's values.",
     )
     kind = forms.ChoiceField(choices=Sweep.Kind.choices, initial=Sweep.Kind.GRID, widget=forms.RadioSelect)
     parameters = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 5, "class": "mono", "spellcheck": "false",
-                                     "placeholder": "trainer.optimizer.lr: 0.001, 0.0003\nmodel.layers: 2, 4, 8, 16"}),
-        help_text="One flag a line: <code>flag: v1, v2, …</code>; for random sweeps also <code>flag: min .. max [log] [int]</code>. "
-                  "Or a JSON object.",
+        widget=forms.Textarea(
+            attrs={
+                "rows": 5,
+                "class": "mono",
+                "spellcheck": "false",
+                "placeholder": "trainer.optimizer.lr: 0.001, 0.0003\nmodel.layers: 2, 4, 8, 16",
+            }
+        ),
+        help_text="One flag a line: <code>flag: v1, v2, …</code>; "
+        "for random sweeps also <code>flag: min .. max [log] [int]</code>. Or a JSON object.",
     )
-    samples = forms.IntegerField(required=False, min_value=1, max_value=MAX_CHILDREN, help_text="Random sweeps: how many.")
-    seed = forms.IntegerField(required=False, min_value=0, max_value=2**31 - 1, help_text="Random sweeps: the same seed, the same samples.")
-    max_concurrent = forms.IntegerField(required=False, min_value=1, max_value=10000,
-                                        help_text="At most this many children run at once; empty for no limit.")
-    desired_state = forms.ChoiceField(choices=[(DesiredState.RUNNING, "Run them"), (DesiredState.STOPPED, "Create them stopped")],
-                                      initial=DesiredState.STOPPED, label="When created")
+    samples = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_CHILDREN, help_text="Random sweeps: how many."
+    )
+    seed = forms.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, help_text="Random sweeps: the same seed, the same samples."
+    )
+    max_concurrent = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=10000,
+        help_text="At most this many children run at once; empty for no limit.",
+    )
+    max_cost = budget_field(
+        "Stop every experiment of the sweep once their jobs together have cost this much. Empty: no budget."
+    )
+    limit_action = forms.ChoiceField(
+        required=False,
+        choices=LimitAction.choices,
+        initial=LimitAction.STOPPED,
+        label="When the budget is reached",
+        help_text="What the sweep's experiments are set to. They start again only once the budget is raised.",
+    )
+    desired_state = forms.ChoiceField(
+        choices=[(DesiredState.RUNNING, "Run them"), (DesiredState.STOPPED, "Create them stopped")],
+        initial=DesiredState.STOPPED,
+        label="When created",
+    )
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
     def clean_name(self):
         name = self.cleaned_data["name"]
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ValidationError("Use lowercase letters, digits and hyphens.")
         if Sweep.objects.filter(name=name).exists():
             raise ValidationError(f"A sweep named {name} already exists.")
         return name
+
+    def clean_limit_action(self):
+        return self.cleaned_data.get("limit_action") or LimitAction.STOPPED
 
     def clean_parameters(self):
         return parse_parameters(self.cleaned_data["parameters"])

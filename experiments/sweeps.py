@@ -21,104 +21,18 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count
 
-from .launch import FLAG_KEY_RE
-from .models import (
-    ACTIVE_JOB_STATUSES,
+from . import intent
+from .models import ACTIVE_JOB_STATUSES, DesiredState, Experiment, Phase, Sweep
+from .validators import (
+    MAX_SWEEP_CHILDREN,
     NAME_RE,
-    SPEC_FIELDS,
-    DesiredState,
-    Event,
-    Experiment,
-    Phase,
-    Sweep,
+    range_type,
     unique_name,
     validate_not_reserved,
+    validate_sweep,
 )
 
-MAX_CHILDREN = 500
-SCALARS = (str, int, float, bool)
-# Copied from the base besides its spec (SPEC_FIELDS): what a child inherits.
-INHERITED_FIELDS = ("description", "restart_policy", "max_restarts")
-
-
-# --- validation -------------------------------------------------------------------
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_range(path, spec):
-    extra = set(spec) - {"min", "max", "log", "type"}
-    if extra:
-        raise ValidationError(f"{path}: a range takes min, max, log and type, not {', '.join(sorted(extra))}.")
-    low, high = spec.get("min"), spec.get("max")
-    if not (_is_number(low) and _is_number(high)):
-        raise ValidationError(f"{path}: a range needs numeric min and max.")
-    if low > high:
-        raise ValidationError(f"{path}: min ({low}) is above max ({high}).")
-    if not isinstance(spec.get("log", False), bool):
-        raise ValidationError(f"{path}: log must be true or false.")
-    if spec.get("log") and low <= 0:
-        raise ValidationError(f"{path}: a log range needs min above 0.")
-    if spec.get("type", None) not in (None, "int", "float"):
-        raise ValidationError(f"{path}: type must be int or float.")
-    if _range_type(spec) == "int" and math.floor(high) < math.ceil(low):
-        raise ValidationError(f"{path}: no whole number lies between min and max.")
-
-
-def _range_type(spec):
-    if spec.get("type"):
-        return spec["type"]
-    both_int = all(isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("min", "max"))
-    return "int" if both_int else "float"
-
-
-def validate_sweep(kind, parameters, samples):
-    """Raise ValidationError (by field) unless the sweep can be expanded."""
-    if kind not in Sweep.Kind.values:
-        raise ValidationError({"kind": f"{kind!r} is not a sweep kind (use grid or random)."})
-    if not isinstance(parameters, dict) or not parameters:
-        raise ValidationError({"parameters": "Give at least one flag and its values."})
-    for path, spec in parameters.items():
-        try:
-            if not isinstance(path, str) or not FLAG_KEY_RE.match(path) or len(path) > 300:
-                raise ValidationError(f"{path!r} is not a valid flag name.")
-            if isinstance(spec, list):
-                if not spec:
-                    raise ValidationError(f"{path}: the list of values is empty.")
-                if len(spec) > MAX_CHILDREN:
-                    raise ValidationError(f"{path}: at most {MAX_CHILDREN} values.")
-                for value in spec:
-                    if not isinstance(value, SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
-                        raise ValidationError(f"{path}: values must be strings, finite numbers or booleans.")
-                    if isinstance(value, str) and ("\x00" in value or not _encodable(value)):
-                        raise ValidationError(f"{path}: a value holds characters that cannot be stored.")
-            elif isinstance(spec, dict):
-                if kind == Sweep.Kind.GRID:
-                    raise ValidationError(f"{path}: a grid takes a list of values; ranges are for random sweeps.")
-                _check_range(path, spec)
-            else:
-                raise ValidationError(f"{path}: give a list of values or a {{min, max}} range.")
-        except ValidationError as exc:
-            raise ValidationError({"parameters": exc.messages}) from None
-    if kind == Sweep.Kind.GRID:
-        total = math.prod(len(v) for v in parameters.values())
-        if total > MAX_CHILDREN:
-            raise ValidationError({"parameters": f"The grid has {total} points; at most {MAX_CHILDREN}."})
-    else:
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-            raise ValidationError({"samples": "A random sweep needs the number of samples (at least 1)."})
-        if samples > MAX_CHILDREN:
-            raise ValidationError({"samples": f"At most {MAX_CHILDREN} samples."})
-
-
-def _encodable(text):
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+MAX_CHILDREN = MAX_SWEEP_CHILDREN
 
 
 # --- expansion ----------------------------------------------------------------------
@@ -133,7 +47,7 @@ def _sample(rng, spec):
     if isinstance(spec, list):
         return rng.choice(spec)
     low, high, log = spec["min"], spec["max"], spec.get("log", False)
-    if _range_type(spec) == "int":
+    if range_type(spec) == "int":
         low, high = math.ceil(low), math.floor(high)
         if log:
             return min(high, max(low, round(math.exp(rng.uniform(math.log(low), math.log(high))))))
@@ -185,7 +99,7 @@ def child_name(base_name, values, labels, taken):
     """``<base>-<flag><value>-…``, at most 60 characters, and not in ``taken``."""
     parts = [f"{labels[p]}{_value_text(v)}" for p, v in sorted(values.items())]
     name = _slug("-".join([base_name, *parts]))
-    if len(name) > 60 or not NAME_RE.match(name):
+    if len(name) > 60 or not NAME_RE.fullmatch(name):
         digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
         name = f"{_slug(name[:51])}-{digest}"
     return unique_name(name, taken)
@@ -198,9 +112,22 @@ def sweep_tag(sweep_name):
 # --- creation and actions ----------------------------------------------------------------
 
 
-def create_sweep(*, name, base, kind, parameters, samples=None, seed=None, max_concurrent=None,
-                 desired_state=DesiredState.STOPPED, description="", user=None):
-    """Validate, then create the sweep and its children in one transaction.
+def create_sweep(
+    actor,
+    *,
+    name,
+    base,
+    kind,
+    parameters,
+    samples=None,
+    seed=None,
+    max_concurrent=None,
+    max_cost=None,
+    limit_action=DesiredState.STOPPED,
+    desired_state=DesiredState.STOPPED,
+    description="",
+):
+    """Validate, then create the sweep and its children (through ``intent.create``) in one transaction.
 
     Raises ValidationError keyed by field (``flags`` errors name the child and the flag).
     """
@@ -213,66 +140,77 @@ def create_sweep(*, name, base, kind, parameters, samples=None, seed=None, max_c
     if kind == Sweep.Kind.RANDOM and seed is None:
         seed = random.SystemRandom().randrange(2**31)  # stored, so the sweep can be repeated
     sweep = Sweep(
-        name=name, description=description, base=base, kind=kind, parameters=parameters,
-        samples=samples if kind == Sweep.Kind.RANDOM else None, seed=seed if kind == Sweep.Kind.RANDOM else None,
-        max_concurrent=max_concurrent or None, created_by=user if user is not None and user.is_authenticated else None,
+        name=name,
+        description=description,
+        base=base,
+        kind=kind,
+        parameters=parameters,
+        samples=samples if kind == Sweep.Kind.RANDOM else None,
+        seed=seed if kind == Sweep.Kind.RANDOM else None,
+        max_concurrent=max_concurrent or None,
+        max_cost=max_cost,
+        limit_action=limit_action,
+        created_by=actor.user,
+        owner=actor.user,
+        group=base.group,
     )
     sweep.full_clean()
-    points = expand(kind, parameters, samples, seed)
-    labels = _labels(sorted(parameters))
-    # Names are unique across all experiments, not only this sweep's.
-    taken = set(Experiment.objects.filter(name__startswith=base.name[:40]).values_list("name", flat=True))
-    taken.add(base.name)
-    children = []
-    for values in points:
-        child = Experiment(**{f: getattr(base, f) for f in (*SPEC_FIELDS, *INHERITED_FIELDS)})
-        child.name = child_name(base.name, values, labels, taken)
-        taken.add(child.name)
-        child.flags = {**(base.flags or {}), **values}
-        child.tags = [t for t in (base.tags or []) if not t.startswith("sweep:")] + [sweep_tag(sweep.name)]
-        child.desired_state = desired_state
-        child.created_by = sweep.created_by
-        try:
-            child.full_clean(exclude=["sweep"])
-        except ValidationError as exc:
-            raise ValidationError(
-                {key: [f"{child.name}: {m}" for m in messages] for key, messages in exc.message_dict.items()}
-            ) from None
-        children.append(child)
-    with transaction.atomic():
+    children = plan_children(base, kind, parameters, samples, seed)
+    with transaction.atomic(), intent.batched():
         sweep.save()
-        for child in children:
-            child.sweep = sweep
-            if desired_state == DesiredState.RUNNING:
-                child.run_number = 1
-            child.save()
-            Event.record(child, Event.Kind.CREATED, f"Created by sweep {sweep.name}: {json.dumps(child.flags, sort_keys=True)}",
-                         user=user, actor="user" if user is not None else "api")
-            if desired_state == DesiredState.RUNNING:
-                child.reconcile_soon()
+        for child_name, values in children:
+            child = intent.copy_of(base, name=child_name, sweep=sweep)
+            child.flags = {**(base.flags or {}), **values}
+            child.tags = [t for t in child.tags if not t.startswith("sweep:")] + [sweep_tag(sweep.name)]
+            child.description = describe_child(values)
+            try:
+                intent.create(
+                    actor,
+                    child,
+                    desired_state=desired_state,
+                    message=f"Created by sweep {sweep.name}",
+                    data={"sweep": sweep.name, "values": values},
+                )
+            except ValidationError as exc:
+                raise ValidationError(
+                    {key: [f"{child.name}: {m}" for m in messages] for key, messages in exc.message_dict.items()}
+                ) from None
     return sweep
 
 
-def set_state(sweep, state, *, user=None, source="user"):
+def plan_children(base, kind, parameters, samples=None, seed=None):
+    """The children a sweep would make: ``[(name, values)]``, in order (nothing is written)."""
+    points = expand(kind, parameters, samples, seed)
+    labels = _labels(sorted(parameters))
+    # Names are unique across all experiments, not only this sweep's.
+    taken = Experiment.objects.names_like(base.name[:40]) | {base.name}
+    children = []
+    for values in points:
+        name = child_name(base.name, values, labels, taken)
+        taken.add(name)
+        children.append((name, values))
+    return children
+
+
+def describe_child(values):
+    """What a child varies, in words: ``lr=0.01, layers=4``."""
+    return ", ".join(
+        f"{path}={json.dumps(value) if isinstance(value, str) else value}" for path, value in sorted(values.items())
+    )
+
+
+def set_state(actor, sweep, state):
     """Set every child's desired state; returns how many changed."""
-    changed = 0
-    for child in sweep.experiments.order_by("id"):
-        if child.set_desired_state(state, user=user, source=source):
-            changed += 1
-    return changed
+    return intent.set_desired_state_many(actor, sweep.experiments.order_by("id"), state)
 
 
 def failed_children(sweep):
     return sweep.experiments.filter(phase=Phase.FAILED).order_by("id")
 
 
-def rerun_failed(sweep, *, user=None):
+def rerun_failed(actor, sweep):
     """Run the failed children again (a fresh run each); returns how many."""
-    count = 0
-    for child in failed_children(sweep):
-        child.request_restart(user=user)
-        count += 1
-    return count
+    return intent.restart_many(actor, failed_children(sweep))
 
 
 def counts(sweep):

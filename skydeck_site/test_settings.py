@@ -8,7 +8,15 @@ import os
 import tempfile
 
 _scratch = tempfile.mkdtemp(prefix="skydeck-test-")
-os.environ.setdefault("SKYDECK_VAR_DIR", os.path.join(_scratch, "var"))
+# One scratch area per test process: with pytest-xdist each worker (gw0, gw1, …) gets its own,
+# while what a worker starts (a Celery worker, a web server) inherits its worker's.
+_process = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_owner = os.environ.get("SKYDECK_TEST_SCRATCH_OF")
+if _owner is not None and _owner != _process:  # inherited from the process that started the workers
+    os.environ["SKYDECK_VAR_DIR"] = os.path.join(_scratch, "var")
+else:
+    os.environ.setdefault("SKYDECK_VAR_DIR", os.path.join(_scratch, "var"))
+os.environ["SKYDECK_TEST_SCRATCH_OF"] = _process
 os.environ.setdefault("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
 # `import sky` writes under $HOME; give it a private one unless a test run points
 # it at a configured SkyPilot client home (the Slurm end-to-end tests do).

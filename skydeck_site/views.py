@@ -3,8 +3,12 @@
 import os
 
 from django.conf import settings
-from django.db.models import Count
+from django.contrib.auth.decorators import login_not_required
+from django.db.models import Count, Sum
+from django.http import HttpResponseRedirect
 from django.shortcuts import render
+from django.templatetags.static import static
+from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET
 
 from clusters.models import BackendHealth, Cluster, Heartbeat
@@ -33,13 +37,17 @@ def queue_depth():
 def system(request):
     heartbeats = {h.name: h for h in Heartbeat.objects.filter(name__in=["poll", "reconcile"])}
     loops = []
-    for name, interval in (("poll", settings.SKYDECK_POLL_INTERVAL), ("reconcile", settings.SKYDECK_RECONCILE_INTERVAL)):
+    for name, interval in (
+        ("poll", settings.SKYDECK_POLL_INTERVAL),
+        ("reconcile", settings.SKYDECK_RECONCILE_INTERVAL),
+    ):
         beat = heartbeats.get(name)
         loops.append({"name": name, "beat": beat, "interval": interval, "late": beat is None or beat.is_late(interval)})
     health = {h.backend: h for h in BackendHealth.objects.all()}
     backends = [{"name": b, "health": health.get(b)} for b in settings.SKYDECK_BACKENDS]
     phases = dict(Experiment.objects.values("phase").annotate(n=Count("id")).values_list("phase", "n"))
     desired = dict(Experiment.objects.values("desired_state").annotate(n=Count("id")).values_list("desired_state", "n"))
+    up = Cluster.objects.up().aggregate(n=Count("id"), hourly=Sum("hourly_cost"), priced=Count("hourly_cost"))
     return render(
         request,
         "system.html",
@@ -53,5 +61,18 @@ def system(request):
             "experiment_count": sum(phases.values()),
             "active_jobs": Job.objects.active().count(),
             "cluster_count": Cluster.objects.count(),
+            # What is UP right now costs this much an hour (clusters whose backend gives no price count as 0).
+            "up_count": up["n"],
+            "up_hourly": up["hourly"] or 0.0,
+            "up_unpriced": up["n"] - up["priced"],
         },
     )
+
+
+@login_not_required
+@require_GET
+def favicon(request):
+    """/favicon.ico, which browsers ask for on pages that name no icon (the API's JSON, say)."""
+    response = HttpResponseRedirect(static("favicon.svg"))
+    patch_cache_control(response, public=True, max_age=86400)
+    return response

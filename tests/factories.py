@@ -1,7 +1,8 @@
 import factory
 from django.contrib.auth import get_user_model
 
-from experiments.models import Experiment, FlagSchema, Job, Sweep
+from clusters.models import Cluster
+from experiments.models import ACTIVE_JOB_STATUSES, Experiment, FlagSchema, Job, Sweep
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -22,6 +23,8 @@ class ExperimentFactory(factory.django.DjangoModelFactory):
     flags = factory.LazyFunction(dict)
     backend = "local"
     desired_state = "STOPPED"
+    # The cast's "owner" (get-or-create by username): the owner_client may change what factories make.
+    owner = factory.SubFactory(UserFactory, username="owner")
 
 
 class JobFactory(factory.django.DjangoModelFactory):
@@ -35,6 +38,8 @@ class JobFactory(factory.django.DjangoModelFactory):
     name = factory.LazyAttribute(lambda o: f"sd-{o.experiment.name}-{o.attempt}")
     command = "echo hello"
     status = "SUCCEEDED"
+    # As the poller leaves it: an ended job's output copy is complete.
+    log_complete = factory.LazyAttribute(lambda o: o.status not in ACTIVE_JOB_STATUSES)
 
 
 class SweepFactory(factory.django.DjangoModelFactory):
@@ -51,3 +56,16 @@ class FlagSchemaFactory(factory.django.DjangoModelFactory):
     namespace = "default"
     path = factory.Sequence(lambda n: f"trainer.flag{n}")
     type = "string"
+
+
+class ClusterFactory(factory.django.DjangoModelFactory):
+    """A cluster as a poll would have recorded it."""
+
+    class Meta:
+        model = Cluster
+
+    name = factory.Sequence(lambda n: f"sd-exp-{n}")
+    backend = "local"
+    status = "UP"
+    resources = "local process"
+    infra = "local"

@@ -31,8 +31,16 @@ class LaunchSpec:
     use_spot: bool = False
     disk_size: int | None = None
     image_id: str = ""
+    # Stop (or, where the infra cannot stop, tear down) the cluster after this many idle minutes; None keeps it up.
     autostop_minutes: int | None = None
     managed: bool = False
+    # Where the job's output is kept on this machine; SkyDeck chooses it, the job cannot.
+    log_path: str = ""
+
+    @property
+    def autostop_down(self):
+        """Whether idleness tears the cluster down: infra that cannot stop a cluster (Slurm, Kubernetes)."""
+        return infra_cannot_stop(self.infra)
 
     def resources(self) -> dict:
         return {
@@ -49,6 +57,14 @@ class LaunchSpec:
         }
 
 
+# Infra where SkyPilot cannot stop a cluster (only tear it down): Slurm, Kubernetes, SSH node pools.
+NO_STOP_INFRA = ("slurm", "k8s", "kubernetes", "ssh")
+
+
+def infra_cannot_stop(infra):
+    return (infra or "").strip().lower().split("/", 1)[0] in NO_STOP_INFRA
+
+
 @dataclass
 class Submission:
     """What a launch/exec/start submission returned.
@@ -61,8 +77,8 @@ class Submission:
     request_id: str = ""
     job_id: int | None = None
     status: str = "LAUNCHING"
-    log_path: str = ""
     submitted_at: datetime | None = None
+    log_path: str = ""  # where the output goes, as the spec said (or as chosen when it said nothing)
 
 
 @dataclass
@@ -77,7 +93,6 @@ class RequestResult:
     reason: str = ""  # CamelCase reason when not ok
     message: str = ""
     retryable: bool = True
-    log_path: str = ""
 
 
 @dataclass
@@ -104,16 +119,19 @@ class JobInfo:
     submitted_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
-    log_path: str = ""
     message: str = ""
     cost: float | None = None
+    exit_codes: list | None = None  # one per node, where the backend records them
 
 
 @dataclass
-class LogChunk:
-    text: str
-    offset: int  # where the next read starts
-    complete: bool = False  # the job has ended and all output was read
+class LogSync:
+    """What one refresh of a job's log copy brought."""
+
+    added: int = 0  # bytes appended to the copy
+    fetched: int = 0  # bytes the backend sent for it
+    finished: bool = False  # the backend says the job has ended and its whole output is in the copy
+    exit_codes: list | None = None  # one per node, when the output says them
 
 
 class BackendError(Exception):
@@ -191,5 +209,8 @@ class ComputeBackend(Protocol):
     def down(self, cluster_name: str) -> None:
         """Tear the cluster down."""
 
-    def read_log(self, cluster_name: str, job_id: int | None, log_path: str, offset: int) -> LogChunk:
-        """Read a job's output from ``offset`` without following it."""
+    def sync_log(self, cluster_name: str, job_id: int, log_path: str) -> LogSync:
+        """Bring the copy of a job's output at ``log_path`` up to date, fetching only what is new.
+
+        Backends whose jobs write their output to ``log_path`` themselves (local) need not have it.
+        """

@@ -9,33 +9,51 @@ session so they outlive the worker that launched them.
 Layout::
 
     <root>/<cluster>/cluster.json        {"status": "UP" | "STOPPED", "launched_at": ...}
-    <root>/<cluster>/jobs/<id>/meta.json {"name", "submitted_at", "pgid", ...}
+    <root>/<cluster>/jobs/<id>/meta.json {"name", "submitted_at", "pgid"}: written before the job starts
+    <root>/<cluster>/jobs/<id>/pgid       the job's process group, written by run.sh as it starts
     <root>/<cluster>/jobs/<id>/run.sh     the setup and command, as written
-    <root>/.logs/<job name>-<ms>.log      stdout and stderr, kept after down
     <root>/<cluster>/jobs/<id>/phase      SETTING_UP | RUNNING (written by run.sh)
     <root>/<cluster>/jobs/<id>/exit_code  written by run.sh when the command ends
     <root>/<cluster>/jobs/<id>/cancelled  written by SkyDeck before it kills the job
+
+The job's output goes to the log file SkyDeck names in the spec (outside the
+cluster directory, so it outlives ``down``); nothing a job writes tells
+SkyDeck where to read it.
+
+The job starts with a clean environment: its experiment's variables, a short
+allow-list from the service (``PASSED_ENV``) and SkyDeck's job variables, never
+the service's own settings (database URL, secret key, tokens).
 """
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
 
-from .base import ClusterGone, ClusterInfo, InvalidSpec, JobInfo, LaunchSpec, LogChunk, RequestResult, Submission
+from .base import ClusterGone, ClusterInfo, InvalidSpec, JobInfo, LaunchSpec, RequestResult, Submission
 
 KILL_GRACE_SECONDS = 3.0
-MAX_LOG_CHUNK = 256 * 1024
+# What a job inherits from the service's environment; everything else is the experiment's own.
+PASSED_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR", "TERM")
+PASSED_ENV_PREFIXES = ("LC_",)
 
-# run.sh: setup, then the command; records the phase and the exit code on disk.
+# run.sh: records its process group first, then setup, then the command; the phase and exit code on disk.
 RUN_SCRIPT = """#!/bin/bash
-cd "$SKYDECK_WORKDIR" || {{ echo "workdir $SKYDECK_WORKDIR is missing"; echo 1 > "$SKYDECK_JOB_DIR/exit_code.tmp"; echo SETUP > "$SKYDECK_JOB_DIR/failed_in"; mv "$SKYDECK_JOB_DIR/exit_code.tmp" "$SKYDECK_JOB_DIR/exit_code"; exit 1; }}
+echo $$ > "$SKYDECK_JOB_DIR/pgid.tmp" && mv "$SKYDECK_JOB_DIR/pgid.tmp" "$SKYDECK_JOB_DIR/pgid"
+if ! cd "$SKYDECK_WORKDIR"; then
+  echo "workdir $SKYDECK_WORKDIR is missing"
+  echo SETUP > "$SKYDECK_JOB_DIR/failed_in"
+  echo 1 > "$SKYDECK_JOB_DIR/exit_code.tmp" && mv "$SKYDECK_JOB_DIR/exit_code.tmp" "$SKYDECK_JOB_DIR/exit_code"
+  exit 1
+fi
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$SKYDECK_JOB_DIR/started_at"
 echo SETTING_UP > "$SKYDECK_JOB_DIR/phase"
 bash "$SKYDECK_JOB_DIR/setup.sh"
@@ -81,31 +99,40 @@ def _write_json(path, data):
 
 
 def _group_alive(pgid):
-    """True while any process of the group runs (zombies do not count)."""
+    """True while the job's process group has a live member.
+
+    ``killpg(pgid, 0)`` asks the kernel directly, one call a job. A leader that
+    exited but is not reaped yet (a zombie) still answers, so its state is read
+    from ``/proc`` (one file) when the group seems alive.
+    """
     if not pgid:
         return False
     try:
-        os.killpg(pgid, 0)
+        os.killpg(int(pgid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # killpg(0) succeeds for zombies too; look for a member that is not one.
-    proc = Path("/proc")
-    if not proc.exists():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp ...; comm may hold spaces, so split after ')'
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    try:
+        state = Path(f"/proc/{int(pgid)}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True  # the leader is gone; other members still run
+    return state != "Z"
+
+
+def job_environment(spec, job_dir, workdir):
+    """The environment a job starts with: nothing of the service's but an allow-list."""
+    env = {k: v for k, v in os.environ.items() if k in PASSED_ENV or k.startswith(PASSED_ENV_PREFIXES)}
+    env.update({str(k): str(v) for k, v in spec.envs.items()})
+    env.update(
+        SKYDECK_JOB_DIR=str(job_dir),
+        SKYDECK_WORKDIR=str(workdir),
+        SKYDECK_JOB_NAME=spec.job_name,
+        SKYDECK_CLUSTER=spec.cluster_name,
+        SKYPILOT_TASK_ID=spec.job_name,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
 
 
 class LocalBackend:
@@ -201,38 +228,49 @@ class LocalBackend:
         _write_json(cluster_dir / "cluster.json", meta)
         return Submission(status="UP", submitted_at=_now())
 
+    def _job_meta(self, job_dir):
+        try:
+            meta = json.loads((job_dir / "meta.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not meta.get("pgid"):
+            # Started, but SkyDeck died before it wrote the group down: the job wrote it itself.
+            pgid = _read(job_dir / "pgid")
+            if pgid.isdigit():
+                meta["pgid"] = int(pgid)
+        return meta
+
+    def find_submission(self, spec, since=None):
+        """The job already submitted under ``spec.job_name``, if any."""
+        cluster_dir = self._cluster_dir(spec.cluster_name)
+        for job_dir in self._job_dirs(cluster_dir):
+            meta = self._job_meta(job_dir)
+            if meta is not None and meta.get("name") == spec.job_name:
+                status, _ = self._job_status(job_dir, meta)
+                return Submission(
+                    job_id=int(job_dir.name), status=status, submitted_at=_parse_time(meta.get("submitted_at"))
+                )
+        return None
+
     def _submit(self, cluster_dir, spec):
         # Idempotent: a job with this name already submitted is returned, not run twice.
-        for job_dir in self._job_dirs(cluster_dir):
-            job_meta = json.loads((job_dir / "meta.json").read_text()) if (job_dir / "meta.json").exists() else {}
-            if job_meta.get("name") == spec.job_name:
-                status, _ = self._job_status(job_dir, job_meta)
-                return Submission(
-                    job_id=int(job_dir.name),
-                    status=status,
-                    log_path=job_meta.get("log_path", ""),
-                    submitted_at=_parse_time(job_meta.get("submitted_at")),
-                )
+        existing = self.find_submission(spec)
+        if existing is not None:
+            return existing
         job_id, job_dir = self._allocate_job_dir(cluster_dir)
         workdir = Path(spec.workdir).expanduser() if spec.workdir else cluster_dir / "workdir"
         workdir.mkdir(parents=True, exist_ok=True)
         (job_dir / "setup.sh").write_text(spec.setup or "true\n")
         (job_dir / "command.sh").write_text(spec.command + "\n")
         (job_dir / "run.sh").write_text(RUN_SCRIPT.format())
-        logs_dir = self.root / ".logs"
-        logs_dir.mkdir(exist_ok=True)
-        log_path = logs_dir / f"{spec.job_name}-{int(time.time() * 1000)}.log"
-        env = {
-            **os.environ,
-            **{str(k): str(v) for k, v in spec.envs.items()},
-            "SKYDECK_JOB_DIR": str(job_dir),
-            "SKYDECK_WORKDIR": str(workdir),
-            "SKYDECK_JOB_NAME": spec.job_name,
-            "SKYDECK_CLUSTER": spec.cluster_name,
-            "SKYPILOT_TASK_ID": spec.job_name,
-            "PYTHONUNBUFFERED": "1",
-        }
+        # SkyDeck names the file; a job submitted without one (by hand, in a test) gets one here.
+        log_path = Path(spec.log_path or self.root / ".logs" / f"{spec.job_name}-{int(time.time() * 1000)}.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         submitted_at = _now()
+        # The job's identity is on disk before its process exists: whatever happens next,
+        # adoption, stop and down find it (the job records its process group itself).
+        meta = {"name": spec.job_name, "submitted_at": submitted_at.isoformat()}
+        _write_json(job_dir / "meta.json", meta)
         with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
             # A new session makes the job its own process group (cancel kills the
             # group) and detaches it from the worker, so it outlives the worker.
@@ -242,23 +280,15 @@ class LocalBackend:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=str(workdir),
-                env=env,
+                env=job_environment(spec, job_dir, workdir),
                 start_new_session=True,
                 close_fds=True,
             )
-        _write_json(
-            job_dir / "meta.json",
-            {
-                "name": spec.job_name,
-                "pgid": proc.pid,
-                "submitted_at": submitted_at.isoformat(),
-                "log_path": str(log_path),
-            },
-        )
+        _write_json(job_dir / "meta.json", {**meta, "pgid": proc.pid})
         # Submitted once listable: a poll that started before this moment may not see it.
         submitted_at = _now()
-        _reap_later(proc)
-        return Submission(job_id=job_id, status="PENDING", log_path=str(log_path), submitted_at=submitted_at)
+        _reap_later(proc, spec.job_name)
+        return Submission(job_id=job_id, status="PENDING", submitted_at=submitted_at, log_path=str(log_path))
 
     def _allocate_job_dir(self, cluster_dir):
         jobs = cluster_dir / "jobs"
@@ -275,8 +305,14 @@ class LocalBackend:
     def resolve_requests(self, request_ids):
         # Local submissions complete synchronously; there is never a request in flight.
         return {
-            rid: RequestResult(request_id=rid, done=True, ok=False, reason="UnknownRequest",
-                               message="The local backend has no such request.", retryable=True)
+            rid: RequestResult(
+                request_id=rid,
+                done=True,
+                ok=False,
+                reason="UnknownRequest",
+                message="The local backend has no such request.",
+                retryable=True,
+            )
             for rid in request_ids
         }
 
@@ -306,9 +342,8 @@ class LocalBackend:
             raise ClusterGone(f"Cluster {cluster_name} does not exist.")
         jobs = []
         for job_dir in self._job_dirs(cluster_dir):
-            try:
-                meta = json.loads((job_dir / "meta.json").read_text())
-            except (FileNotFoundError, ValueError):
+            meta = self._job_meta(job_dir)
+            if meta is None:
                 continue  # being created right now
             status, exit_code = self._job_status(job_dir, meta)
             jobs.append(
@@ -321,16 +356,15 @@ class LocalBackend:
                     submitted_at=_parse_time(meta.get("submitted_at")),
                     started_at=_parse_time(_read(job_dir / "started_at")),
                     ended_at=_parse_time(_read(job_dir / "ended_at")) or _parse_time(meta.get("cancelled_at")),
-                    log_path=meta.get("log_path", ""),
+                    exit_codes=[exit_code] if exit_code is not None else None,
                     cost=0.0,
                 )
             )
         return jobs
 
     def _kill_job(self, job_dir):
-        try:
-            meta = json.loads((job_dir / "meta.json").read_text())
-        except (FileNotFoundError, ValueError):
+        meta = self._job_meta(job_dir)
+        if meta is None:
             return
         if _read(job_dir / "exit_code"):
             return  # already ended
@@ -348,10 +382,8 @@ class LocalBackend:
         while time.monotonic() < deadline and _group_alive(pgid):
             time.sleep(0.05)
         if _group_alive(pgid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def cancel(self, cluster_name, job_id, *, request_id=""):
         cluster_dir = self._cluster_dir(cluster_name)
@@ -380,25 +412,23 @@ class LocalBackend:
         # Logs live outside the cluster directory, so the history keeps them.
         shutil.rmtree(cluster_dir, ignore_errors=True)
 
-    def read_log(self, cluster_name, job_id, log_path, offset):
-        path = Path(log_path) if log_path else None
-        if path is None or not path.exists():
-            return LogChunk(text="", offset=offset, complete=True)
-        with open(path, "rb") as fh:
-            fh.seek(max(0, offset))
-            data = fh.read(MAX_LOG_CHUNK)
-        job_dir = self.root / cluster_name / "jobs" / str(job_id) if cluster_name and job_id is not None else None
-        running = job_dir is not None and (job_dir / "meta.json").exists() and not _read(job_dir / "exit_code")
-        complete = not running and len(data) < MAX_LOG_CHUNK
-        return LogChunk(text=data.decode("utf-8", errors="replace"), offset=offset + len(data), complete=complete)
+
+# Called with a job's name when a job this process started ends: SkyDeck notices the end in a
+# second instead of at the next poll (the experiments app listens; the backend decides nothing).
+JOB_END_LISTENERS = []
 
 
-def _reap_later(proc):
-    """Reap the child when it exits, if this process is still alive then.
+def _reap_later(proc, name):
+    """Reap the child when it exits, and say that it ended, if this process is still alive then.
 
     Without it a long-lived worker would collect zombies; a thread per job is
     cheap and daemonic, and the job itself never depends on it.
     """
-    import threading
 
-    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+    def wait():
+        proc.wait()
+        for listener in list(JOB_END_LISTENERS):
+            with contextlib.suppress(Exception):
+                listener(name)
+
+    threading.Thread(target=wait, daemon=True, name=f"reap-{proc.pid}").start()

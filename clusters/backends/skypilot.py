@@ -17,11 +17,14 @@ short calls a poll needs (``status``, ``queue``, ``cost_report``).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
 import re
 import threading
+import time
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +39,7 @@ from .base import (
     InvalidSpec,
     JobInfo,
     LaunchSpec,
-    LogChunk,
+    LogSync,
     NotSupported,
     RequestResult,
     Submission,
@@ -47,7 +50,16 @@ logger = logging.getLogger(__name__)
 # At most this many finished requests are fetched (one ``sky.get`` each) per
 # poll; the rest wait for the next poll, so a poll's calls stay bounded.
 MAX_RESULTS_PER_POLL = 20
-MAX_LOG_CHUNK = 256 * 1024
+# A log refresh asks for the last lines of the job's output and keeps what is new
+# after the copy's last lines; it asks for more when that is not enough.
+MIN_TAIL_LINES = 50
+MAX_TAIL_TRIES = 4
+ANCHOR_LINES = 8
+# A local API server's health is asked by SkyDeck at most this often, with this much patience.
+SERVER_CHECK_SECONDS = 10.0
+SERVER_PATIENCE_SECONDS = 15.0
+# How long the enabled clouds of a server are remembered before asking again.
+CHECK_TTL_SECONDS = 600
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -255,8 +267,7 @@ def map_exception(exc):
             message = f"{message} — enable it, or {SKY_CHECK_HINT}."
         else:
             reason, retryable = "InvalidSpec", False
-            message = (f"No enabled infra offers these resources: {message} "
-                       "Check infra, accelerators, cpus and memory.")
+            message = f"No enabled infra offers these resources: {message} Check infra, accelerators, cpus and memory."
         kind = "error"
     elif reason == "ResourcesUnavailable":
         message = f"No capacity right now (SkyDeck retries with backoff): {message}"
@@ -352,8 +363,11 @@ class SkyPilotBackend:
     def __init__(self):
         # SDK calls by name, for the dashboard's "calls per poll" and the tests that count them.
         self.calls = Counter()
-        self._hourly_cost = {}  # cluster name -> $/h, from the last cost report
         self._lock = threading.Lock()
+        self._waiting = set()  # request ids a thread is waiting on (cancelled if the poll gives up)
+        self._tail_lines = {}  # (cluster, job id) -> how many lines to ask for next time
+        self._enabled = {}  # server URL -> (checked at, enabled infra names)
+        self._server_seen_at = -SERVER_CHECK_SECONDS  # when a local server last answered our own health check
 
     # --- plumbing -------------------------------------------------------------
 
@@ -364,8 +378,48 @@ class SkyPilotBackend:
 
         return sky
 
+    def _local_server_answers(self):
+        """Ask a local API server's health ourselves before the SDK does.
+
+        The SDK starts a local server when its own short health check gets no answer:
+        that server would be the worker's child, die with it, and hide an outage. So
+        SkyDeck asks first, with patience (a busy server may take seconds to answer),
+        and says "unreachable" instead of calling the SDK when nothing answers. A remote
+        server is the SDK's to reach; it never starts one.
+        """
+        from sky.server import common as server_common
+
+        if not server_common.is_api_server_local():
+            return
+        now = time.monotonic()
+        if now - self._server_seen_at < SERVER_CHECK_SECONDS:
+            return
+        url = server_common.get_server_url()
+        busy = False
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=SERVER_PATIENCE_SECONDS) as response:
+                healthy = response.status == 200
+        except OSError as exc:
+            healthy = False
+            busy = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+        if busy:
+            # Something listens but does not answer in time: say so, rather than "no server".
+            raise BackendUnreachable(
+                f"The SkyPilot API server at {url} did not answer its health check within "
+                f"{SERVER_PATIENCE_SECONDS:g} s (too busy?); SkyDeck asks again at the next poll.",
+                reason="BackendUnreachable",
+            )
+        if not healthy:
+            raise BackendUnreachable(
+                f"No SkyPilot API server answers at {url}. SkyDeck does not start one itself: `make run` starts it "
+                "as its own service, or run `sky api start`, or set SKYPILOT_API_SERVER_ENDPOINT.",
+                reason="BackendUnreachable",
+            )
+        self._server_seen_at = now
+
     def _call(self, name, fn, *args, **kwargs):
         """One SDK call, counted, with its exception mapped to an outcome."""
+        self._local_server_answers()
         with self._lock:
             self.calls[name] += 1
         try:
@@ -379,26 +433,101 @@ class SkyPilotBackend:
         """Submit a short request and wait for its result (status, queue, cancel...)."""
         sky = self._sdk()
         request_id = self._call(name, fn, *args, **kwargs)
-        return self._call("get", sky.get, request_id)
+        with self._lock:
+            self._waiting.add(request_id)
+        try:
+            return self._call("get", sky.get, request_id)
+        finally:
+            with self._lock:
+                self._waiting.discard(request_id)
+
+    def abandon_requests(self):
+        """Cancel on the server every request a thread still waits on: its thread then ends, and no worker is held."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), set()
+        if not waiting:
+            return
+        sky = self._sdk()
+
+        def cancel():
+            try:
+                self._call("api_cancel", sky.api_cancel, waiting, silent=True)
+            except BackendError as exc:
+                logger.info("could not cancel %d abandoned requests: %s", len(waiting), exc.message)
+
+        # In the background: a server slow enough to need this must not hold the poll up further.
+        threading.Thread(target=cancel, daemon=True, name="abandon").start()
 
     def total_calls(self):
         return sum(self.calls.values())
+
+    def server(self):
+        """Which API server this process talks to: its URL, and whether it is one on this machine."""
+        from sky.server import common as server_common
+
+        return {"url": server_common.get_server_url(), "local": server_common.is_api_server_local()}
+
+    def describe(self):
+        """Which server, and what it can launch on as far as known (no call is made for it)."""
+        server = self.server()
+        cached = self._enabled.get(server["url"])
+        return {**server, **({"enabled_infra": sorted(cached[1])} if cached else {})}
 
     # --- launching --------------------------------------------------------------
 
     def validate(self, spec: LaunchSpec) -> None:
         build_task(spec)
 
+    def enabled_infra(self):
+        """The infra the server can launch on (``sky check``), asked once per server and remembered a while."""
+        from sky.client import sdk
+
+        url = self.server()["url"]
+        cached = self._enabled.get(url)
+        if cached and time.monotonic() - cached[0] < CHECK_TTL_SECONDS:
+            return cached[1]
+        enabled = {str(c).lower() for c in self._result("enabled_clouds", sdk.enabled_clouds) or []}
+        self._enabled[url] = (time.monotonic(), enabled)
+        return enabled
+
+    def _check_enabled(self, spec):
+        """Fail in a second, not minutes, when the server has no cloud for this spec."""
+        enabled = self.enabled_infra()
+        wanted = (spec.infra or "").strip().lower().split("/", 1)[0]
+        if wanted in ("kubernetes",):
+            wanted = "kubernetes"
+        if not enabled:
+            raise BackendError(
+                f"No cloud is enabled on the SkyPilot API server: {SKY_CHECK_HINT}.",
+                reason="NoCloudAccess",
+                retryable=False,
+            )
+        aliases = {"k8s": "kubernetes"}
+        if wanted and aliases.get(wanted, wanted) not in enabled:
+            raise BackendError(
+                f"{wanted} is not enabled on the SkyPilot API server (enabled: {', '.join(sorted(enabled))}): "
+                f"{SKY_CHECK_HINT}.",
+                reason="NoCloudAccess",
+                retryable=False,
+            )
+
     def launch(self, spec: LaunchSpec) -> Submission:
         sky = self._sdk()
         task = build_task(spec)
+        self._check_enabled(spec)
         self._validate_on_server(task)
         if spec.managed:
             request_id = self._call("jobs.launch", sky.jobs.launch, task, name=spec.job_name)
         else:
+            # SkyPilot's own autostop: the cluster stops (or goes) when idle even if SkyDeck is down.
+            autostop = spec.autostop_minutes if settings.SKYDECK_SKYPILOT_AUTOSTOP else None
             request_id = self._call(
-                "launch", sky.launch, task, cluster_name=spec.cluster_name,
-                idle_minutes_to_autostop=spec.autostop_minutes,
+                "launch",
+                sky.launch,
+                task,
+                cluster_name=spec.cluster_name,
+                idle_minutes_to_autostop=autostop,
+                down=spec.autostop_down if autostop is not None else False,
             )
         return Submission(request_id=str(request_id), submitted_at=datetime.now(UTC))
 
@@ -420,6 +549,34 @@ class SkyPilotBackend:
         request_id = self._call("start", sky.start, cluster_name)
         return Submission(request_id=str(request_id), submitted_at=datetime.now(UTC))
 
+    def find_submission(self, spec: LaunchSpec, since: datetime):
+        """A job or a launch request named ``spec.job_name`` that SkyPilot already has, or None.
+
+        Asked before any resubmission: a worker killed after SkyPilot registered the
+        launch but before SkyDeck saved the request id must not lead to a second job.
+        """
+        sky = self._sdk()
+        if not spec.managed:
+            try:
+                for job in self.list_jobs(spec.cluster_name):
+                    if job.name == spec.job_name:
+                        return Submission(job_id=job.job_id, status=job.status, submitted_at=job.submitted_at)
+            except BackendUnreachable:
+                raise
+            except BackendError:
+                pass  # no cluster (yet), or not up: the requests tell
+        payloads = self._call(
+            "api_status", sky.api_status, None, all_status=True, cluster_name=spec.cluster_name or None, limit=100
+        )
+        earliest = since.timestamp() - 60
+        for payload in sorted(payloads or [], key=lambda p: p.created_at, reverse=True):
+            name = payload.name or ""
+            if not name.endswith(("launch", "exec")) or (payload.created_at or 0) < earliest:
+                continue
+            if spec.job_name in (payload.request_body or "") and payload.status not in ("FAILED", "CANCELLED"):
+                return Submission(request_id=payload.request_id, submitted_at=_ts(payload.created_at))
+        return None
+
     # --- resolving requests ---------------------------------------------------------
 
     def resolve_requests(self, request_ids):
@@ -429,13 +586,6 @@ class SkyPilotBackend:
         if not ids:
             return {}
         payloads = self._call("api_status", sky.api_status, ids)
-        if not payloads:
-            # The SDK answers "nothing" when a local API server is not running;
-            # start it (as any other call would) and ask again before calling requests lost.
-            from sky.server import common as server_common
-
-            self._call("api_health", server_common.check_server_healthy_or_start_fn)
-            payloads = self._call("api_status", sky.api_status, ids)
         by_id = {p.request_id: p for p in payloads}
         results = {}
         fetched = 0
@@ -443,8 +593,12 @@ class SkyPilotBackend:
             payload = by_id.get(rid) or next((p for p in payloads if p.request_id.startswith(rid)), None)
             if payload is None:
                 results[rid] = RequestResult(
-                    request_id=rid, done=True, ok=False, reason="RequestLost", retryable=True,
-                    message="The SkyPilot API server no longer knows this request (was it restarted with a fresh state?).",
+                    request_id=rid,
+                    done=True,
+                    ok=False,
+                    reason="RequestLost",
+                    retryable=True,
+                    message="The SkyPilot API server no longer knows this request (was it restarted?).",
                 )
                 continue
             if payload.status in REQUEST_ACTIVE or fetched >= MAX_RESULTS_PER_POLL:
@@ -472,8 +626,15 @@ class SkyPilotBackend:
                 # the cluster up and tells the user to set TERMINATED instead.
                 reason = "StopNotSupported"
                 message = f"{message} The cluster stays up; set TERMINATED to release it."
-            return RequestResult(request_id=rid, done=True, ok=False, cluster_name=cluster,
-                                 reason=reason, message=message, retryable=exc.retryable)
+            return RequestResult(
+                request_id=rid,
+                done=True,
+                ok=False,
+                cluster_name=cluster,
+                reason=reason,
+                message=message,
+                retryable=exc.retryable,
+            )
         job_id = None
         if isinstance(value, (tuple, list)) and value:
             first = value[0]
@@ -481,20 +642,30 @@ class SkyPilotBackend:
                 first = first[0] if first else None
             job_id = int(first) if isinstance(first, int) else None
         if name.endswith(("launch", "exec")) and job_id is None and "jobs" not in name:
-            return RequestResult(request_id=rid, done=True, ok=False, cluster_name=cluster,
-                                 reason="NoJobSubmitted", retryable=True,
-                                 message="SkyPilot finished the launch but submitted no job.")
-        return RequestResult(request_id=rid, done=True, ok=True, job_id=job_id, cluster_name=cluster,
-                             log_path=self.log_cache_path(cluster, job_id) if job_id is not None and cluster else "")
+            return RequestResult(
+                request_id=rid,
+                done=True,
+                ok=False,
+                cluster_name=cluster,
+                reason="NoJobSubmitted",
+                retryable=True,
+                message="SkyPilot finished the launch but submitted no job.",
+            )
+        return RequestResult(request_id=rid, done=True, ok=True, job_id=job_id, cluster_name=cluster)
 
     # --- what runs ------------------------------------------------------------------
 
     def list_clusters(self):
+        """``status`` and ``cost_report`` submitted together, then collected."""
         sky = self._sdk()
         from sky.utils.common import StatusRefreshMode
 
-        records = self._result("status", sky.status, refresh=StatusRefreshMode.AUTO)
-        costs = self._cost_report()
+        # From the server's cache (its own daemon refreshes it every minute): a short request,
+        # never queued behind launches the way a refreshing status is.
+        status_id = self._call("status", sky.status, refresh=StatusRefreshMode.NONE)
+        cost_id = self._call("cost_report", sky.cost_report)
+        records = self._call("get", sky.get, status_id)
+        costs = self._costs(cost_id)
         clusters = []
         for rec in records:
             name = _get(rec, "name")
@@ -522,14 +693,13 @@ class SkyPilotBackend:
                     message=message,
                 )
             )
-        self._hourly_cost = {name: c["hourly"] for name, c in costs.items() if c.get("hourly") is not None}
         return clusters
 
-    def _cost_report(self):
+    def _costs(self, cost_id):
         """name -> {"hourly", "total"} from SkyPilot's cost report, where it knows them."""
         sky = self._sdk()
         try:
-            report = self._result("cost_report", sky.cost_report)
+            report = self._call("get", sky.get, cost_id)
         except BackendUnreachable:
             raise
         except BackendError as exc:
@@ -550,27 +720,21 @@ class SkyPilotBackend:
     def list_jobs(self, cluster_name):
         sky = self._sdk()
         records = self._result("queue", sky.queue, cluster_name, all_users=True)
-        hourly = self._hourly_cost.get(cluster_name)
         jobs = []
         for rec in records:
-            job_id = _get(rec, "job_id")
             status = map_job_status(_get(rec, "status"))
-            started, ended = _ts(_get(rec, "start_at")), _ts(_get(rec, "end_at"))
-            cost = None
-            if hourly is not None and started:
-                cost = round(hourly * ((ended or datetime.now(UTC)) - started).total_seconds() / 3600.0, 6)
+            codes = _get(rec, "exit_codes")
             jobs.append(
                 JobInfo(
                     cluster_name=cluster_name,
-                    job_id=int(job_id),
+                    job_id=int(_get(rec, "job_id")),
                     name=_get(rec, "job_name") or "",
                     status=status,
                     exit_code=0 if status == "SUCCEEDED" else None,
+                    exit_codes=list(codes) if codes else None,
                     submitted_at=_ts(_get(rec, "submitted_at")),
-                    started_at=started,
-                    ended_at=ended,
-                    log_path=self.log_cache_path(cluster_name, job_id),
-                    cost=cost,
+                    started_at=_ts(_get(rec, "start_at")),
+                    ended_at=_ts(_get(rec, "end_at")),
                 )
             )
         return jobs
@@ -633,7 +797,6 @@ class SkyPilotBackend:
 
     def down(self, cluster_name):
         sky = self._sdk()
-        self._archive_logs(cluster_name)
         try:
             request_id = self._call("down", sky.down, cluster_name)
         except ClusterGone:
@@ -642,78 +805,153 @@ class SkyPilotBackend:
 
     # --- logs ------------------------------------------------------------------------
 
-    def _archive_logs(self, cluster_name, limit=20):
-        """Before a teardown, copy the output SkyDeck has not kept yet: the history outlives the cluster."""
+    def _fetch_log(self, cluster_name, job_id, tail):
+        sky = self._sdk()
+        buf = io.StringIO()
+        if cluster_name:
+            self._call(
+                "tail_logs", sky.tail_logs, cluster_name, int(job_id), follow=False, tail=tail, output_stream=buf
+            )
+        else:
+            self._call("jobs.tail_logs", sky.jobs.tail_logs, job_id=int(job_id), follow=False, output_stream=buf)
+        return buf.getvalue()
+
+    def sync_log(self, cluster_name, job_id, log_path):
+        """Append to the copy at ``log_path`` what the job printed since the last refresh.
+
+        SkyPilot reads a job's output by lines from its end (``tail_logs(tail=N)``),
+        not by byte offset: ask for the last N lines, find the copy's last lines in
+        them, and keep what comes after. N follows how much the job printed last
+        time, so each refresh transfers about what is new; when the copy's end is
+        not among them, ask again for more. The first refresh of a copy takes the
+        whole output so far. The copy is locked while it is written, so two
+        refreshes never append the same lines.
+        """
+        path = Path(log_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = (cluster_name, int(job_id))
+        with open(path, "a+b") as copy:
+            try:
+                fcntl.flock(copy.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return LogSync()  # another refresh of this copy is under way: it brings the same lines
+            copy.seek(0, os.SEEK_END)
+            size = copy.tell()
+            anchor = _last_lines(copy, size, ANCHOR_LINES) if size else []
+            tail = 0 if not anchor else self._tail_lines.get(key, MIN_TAIL_LINES * 4)
+            fetched = 0
+            for attempt in range(MAX_TAIL_TRIES + 1):
+                text = self._fetch_log(cluster_name, job_id, tail)
+                fetched += len(text.encode())
+                lines, finished = _split_footer(text.splitlines(keepends=True))
+                new = _after(anchor, lines)
+                if new is not None or tail == 0:
+                    break
+                tail = 0 if attempt == MAX_TAIL_TRIES - 1 else tail * 4
+            if new is None:  # even the whole output does not hold the copy's end: start the copy afresh
+                copy.truncate(0)
+                new = lines
+            if new and not new[-1].endswith("\n"):
+                if finished:
+                    new[-1] += "\n"
+                else:
+                    new = new[:-1]  # a line still being written: read again whole next time
+            data = "".join(new) + finished
+            copy.write(data.encode())
+            copy.flush()
+            os.utime(path)  # the copy's time says when it was last refreshed, new output or not
+            if finished:
+                self._tail_lines.pop(key, None)
+            else:
+                self._tail_lines[key] = max(MIN_TAIL_LINES, 2 * len(new))
+        return LogSync(
+            added=len(data.encode()),
+            fetched=fetched,
+            finished=bool(finished),
+            exit_codes=exit_codes_in(data) if finished else None,
+        )
+
+    @staticmethod
+    def finished_status(log_path):
+        """The status in SkyPilot's "Job finished (status: ...)" line at the end of a copy, or None."""
         try:
-            jobs = self.list_jobs(cluster_name)
-        except BackendUnreachable:
-            raise
-        except BackendError:
-            return  # gone or not up: nothing left to read
-        for job in sorted(jobs, key=lambda j: j.job_id)[-limit:]:
-            if job.log_path and not Path(job.log_path).exists():
-                try:
-                    self.read_log(cluster_name, job.job_id, job.log_path, 0)
-                except BackendUnreachable:
-                    raise
-                except BackendError as exc:
-                    logger.info("could not keep the log of job %s on %s: %s", job.job_id, cluster_name, exc.message)
+            with open(log_path, "rb") as copy:
+                size = copy.seek(0, os.SEEK_END)
+                lines = _last_lines(copy, size, ANCHOR_LINES)
+        except OSError:
+            return None
+        for line in reversed(lines):
+            found = FINISHED_RE.match(_plain(line))
+            if found:
+                return map_job_status(found.group(1))
+        return None
 
     @staticmethod
     def log_cache_path(cluster_name, job_id):
-        """Where SkyDeck keeps a copy of a job's output, so it outlives the cluster."""
+        """Where SkyDeck kept copies of SkyPilot job output before the copy was named by SkyDeck's job."""
         if job_id is None:
             return ""
         folder = cluster_name or "managed"
         return str(Path(settings.VAR_DIR) / "skypilot-logs" / folder / f"{int(job_id)}.log")
 
-    def read_log(self, cluster_name, job_id, log_path, offset):
-        """The job's output from ``offset`` (bytes), read without following.
 
-        Each read fetches the log as it is now (``tail_logs(follow=False)``
-        returns at once, holding no API-server worker), keeps a copy at
-        ``log_path`` and returns the part after ``offset``. When the cluster is
-        gone, the copy is what remains.
-        """
-        sky = self._sdk()
-        path = Path(log_path) if log_path else (Path(self.log_cache_path(cluster_name, job_id)) if job_id is not None else None)
-        text, complete = None, True
-        if job_id is not None:
-            buf = io.StringIO()
-            try:
-                if cluster_name:
-                    rc = self._call("tail_logs", sky.tail_logs, cluster_name, int(job_id), follow=False, output_stream=buf)
-                else:
-                    rc = self._call("jobs.tail_logs", sky.jobs.tail_logs, job_id=int(job_id), follow=False, output_stream=buf)
-                text = clean_log(buf.getvalue())
-                complete = rc is not None and rc != 101  # 101: JobExitCode.NOT_FINISHED
-            except ClusterGone:
-                text = None  # the copy is all there is now
-            except BackendUnreachable:
-                if path is None or not path.exists():
-                    raise  # nothing to show: say why
-                text, complete = None, False  # show the copy, and keep asking
-            except BackendError as exc:
-                if exc.reason not in ("ClusterNotUp", "CommandFailed", "SkyletError"):
-                    raise
-                text = None
-        data = b""
-        if text is not None:
-            data = text.encode()
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
-        elif path is not None and path.exists():
-            data = path.read_bytes()
-        chunk = data[max(0, offset):max(0, offset) + MAX_LOG_CHUNK]
-        new_offset = max(0, offset) + len(chunk)
-        return LogChunk(
-            text=chunk.decode("utf-8", errors="replace"),
-            offset=new_offset,
-            complete=complete and new_offset >= len(data),
-        )
+# --- reading SkyPilot's log output --------------------------------------------------
+
+# The lines SkyPilot's log command adds after a job's own output: its "finished" line, and
+# the exit of the log command itself under Slurm (JobExitCode 100-103).
+FINISHED_RE = re.compile(r"^\s*✓?\s*Job finished \(status: ([A-Z_]+)\)\.\s*$")
+TAIL_EXIT_RE = re.compile(r"^srun: error: .*: task \d+: Exited with exit code 10[0-3]\s*$")
+WAITING_RE = re.compile(r"^INFO: Waiting \d+s for the logs to be written")
+RETURN_CODES_RE = re.compile(r"failed with return code list:\s*(?:\x1b\[[0-9;]*m)?\s*\[([0-9,\s-]+)\]")
+SETUP_RETURN_CODE_RE = re.compile(r"setup failed with return code (-?\d+)")
+
+
+def _plain(line):
+    return ANSI_RE.sub("", line).rstrip("\r\n")
+
+
+def _split_footer(lines):
+    """(the job's output lines, SkyPilot's "Job finished" line or "") of one log fetch."""
+    finished = ""
+    while lines:
+        plain = _plain(lines[-1])
+        if TAIL_EXIT_RE.match(plain) or not plain.strip():
+            lines = lines[:-1]
+        elif FINISHED_RE.match(plain):
+            finished = lines[-1] if lines[-1].endswith("\n") else lines[-1] + "\n"
+            lines = lines[:-1]
+        else:
+            break
+    return [line for line in lines if not WAITING_RE.match(_plain(line))], finished
+
+
+def _after(anchor, lines):
+    """The lines after the last place ``anchor`` (the copy's last lines) ends in ``lines``; None if not found."""
+    if not anchor:
+        return list(lines)
+    n = len(anchor)
+    for end in range(len(lines), n - 1, -1):
+        if lines[end - n : end] == anchor:
+            return list(lines[end:])
+    return None
+
+
+def _last_lines(fh, size, count, block=64 * 1024):
+    """The last ``count`` lines of the open copy."""
+    fh.seek(max(0, size - block))
+    lines = fh.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+    if size > block:
+        lines = lines[1:]  # the first may be cut
+    return lines[-count:]
+
+
+def exit_codes_in(text):
+    """The per-node exit codes SkyPilot printed for a failed job (``return code list: [3, 0]``), or None."""
+    matches = list(RETURN_CODES_RE.finditer(text))
+    if matches:
+        return [int(x) for x in matches[-1].group(1).replace(" ", "").split(",") if x]
+    setup = SETUP_RETURN_CODE_RE.search(ANSI_RE.sub("", text))
+    return [int(setup.group(1))] if setup else None
 
 
 def clean_log(text):

@@ -4,6 +4,7 @@ import django.core.validators
 import django.db.models.deletion
 import django.utils.timezone
 import experiments.models
+import experiments.validators
 import re
 from django.conf import settings
 from django.db import migrations, models
@@ -41,7 +42,7 @@ class Migration(migrations.Migration):
                 ('name', models.SlugField(max_length=60, unique=True, validators=[django.core.validators.RegexValidator(re.compile('^[a-z0-9]([a-z0-9-]{0,58}[a-z0-9])?$'), 'Use lowercase letters, digits and hyphens, starting and ending with a letter or digit (at most 60).')])),
                 ('description', models.TextField(blank=True)),
                 ('command', models.TextField(help_text='The base command; flags are appended as key=value arguments')),
-                ('flags', models.JSONField(blank=True, default=dict, validators=[experiments.models.validate_flags])),
+                ('flags', models.JSONField(blank=True, default=dict, validators=[experiments.validators.validate_flag_dict])),
                 ('flag_style', models.CharField(choices=[('plain', 'key=value'), ('dashdash', '--key=value')], default='plain', max_length=10)),
                 ('accelerators', models.CharField(blank=True, help_text='e.g. H100:8 or A100:1', max_length=100)),
                 ('num_nodes', models.PositiveIntegerField(default=1)),
@@ -52,14 +53,14 @@ class Migration(migrations.Migration):
                 ('disk_size', models.PositiveIntegerField(blank=True, help_text='GiB', null=True)),
                 ('image_id', models.CharField(blank=True, max_length=300)),
                 ('setup', models.TextField(blank=True)),
-                ('envs', models.JSONField(blank=True, default=dict, validators=[experiments.models.validate_envs])),
+                ('envs', models.JSONField(blank=True, default=dict, validators=[experiments.validators.validate_envs])),
                 ('workdir', models.CharField(blank=True, max_length=500)),
                 ('autostop_minutes', models.PositiveIntegerField(blank=True, help_text='Idle minutes before autostop', null=True)),
                 ('managed', models.BooleanField(default=False, help_text='Run as a SkyPilot managed job (SkyPilot recovers spot preemptions)')),
                 ('backend', models.CharField(choices=[('skypilot', 'SkyPilot'), ('local', 'Local')], default=experiments.models.default_backend, max_length=20)),
                 ('restart_policy', models.CharField(choices=[('never', 'Never'), ('on_failure', 'On failure'), ('always', 'Always')], default='never', max_length=20)),
                 ('max_restarts', models.PositiveIntegerField(default=3)),
-                ('tags', models.JSONField(blank=True, default=list, validators=[experiments.models.validate_tags])),
+                ('tags', models.JSONField(blank=True, default=list, validators=[experiments.validators.validate_tags])),
                 ('starred', models.BooleanField(default=False)),
                 ('desired_state', models.CharField(choices=[('RUNNING', 'Running'), ('STOPPED', 'Stopped'), ('TERMINATED', 'Terminated')], default='STOPPED', max_length=20)),
                 ('generation', models.PositiveIntegerField(default=1, help_text='Bumped by every spec change')),

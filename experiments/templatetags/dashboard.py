@@ -1,13 +1,11 @@
 """Small display helpers for the dashboard templates."""
 
 from datetime import datetime, timedelta
-from urllib.parse import quote
 
 from django import template
 from django.conf import settings
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.html import format_html
 
 register = template.Library()
 
@@ -62,9 +60,43 @@ def age(value):
 
 @register.simple_tag
 def duration_between(start, end):
+    """How long from ``start`` to ``end``; while there is no end yet, a time the browser keeps counting."""
     if not start:
         return ""
-    return short_duration((end or timezone.now()) - start)
+    if end is None:
+        return ago(start)
+    return short_duration(end - start)
+
+
+@register.simple_tag
+def ago(moment):
+    """How long ago ``moment`` was, as a <time data-relative> that skydeck.js advances in the browser.
+
+    The server's text is right when the page is drawn; the script keeps it right, so a
+    polled fragment need not be drawn again only because the clock moved.
+    """
+    if not isinstance(moment, datetime):
+        return ""
+    return format_html(
+        '<time datetime="{}" data-relative title="{} UTC">{}</time>',
+        moment.isoformat(),
+        f"{moment:%Y-%m-%d %H:%M:%S}",
+        age(moment),
+    )
+
+
+@register.simple_tag
+def until(moment):
+    """How long until ``moment``, as "in 12s" (then "now"), kept current by skydeck.js."""
+    if not isinstance(moment, datetime):
+        return ""
+    left = moment - timezone.now()
+    return format_html(
+        '<time datetime="{}" data-relative="until" title="{} UTC">{}</time>',
+        moment.isoformat(),
+        f"{moment:%Y-%m-%d %H:%M:%S}",
+        f"in {short_duration(left)}" if left.total_seconds() >= 1 else "now",
+    )
 
 
 def wandb_url(name, flags):
@@ -90,6 +122,41 @@ def wandb_link(experiment):
 
 
 @register.filter
+def finished_run(experiment):
+    """The current run has finished and the reconciler has seen it so: nothing more starts by itself.
+
+    ``Experiment.run_finished`` reads the phase alone, which still says the last run's
+    ending (Succeeded) between a Run or Restart and the reconciler's next look.
+    """
+    return experiment.run_finished and experiment.reconciled_run == experiment.run_number
+
+
+@register.filter
+def on_the_way(experiment):
+    """Whether the desired state says more than the phase: on the way there, or not yet there."""
+    return experiment.shows_desired or (experiment.run_finished and not finished_run(experiment))
+
+
+@register.filter
+def last_line(text):
+    """The last non-empty line of a text: what a traceback ends with (``ZeroDivisionError: …``)."""
+    lines = [line for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@register.filter
+def next_attempt(experiment):
+    """When the reconciler will try again, or None when it will not (it gave up, or the run finished).
+
+    Only a RUNNING experiment backing off after a failure has one: ``next_attempt_at`` itself
+    outlives a give-up (RestartLimitReached, policy never, NoCloudAccess) and says nothing then.
+    """
+    if experiment.desired_state != "RUNNING" or experiment.phase != "BACKOFF":
+        return None
+    return experiment.next_attempt_at
+
+
+@register.filter
 def status_class(value):
     """A CSS class for a phase, desired state or job status."""
     value = (value or "").upper()
@@ -104,102 +171,3 @@ def status_class(value):
     if value == "TERMINATED":
         return "off"
     return "neutral"
-
-
-def star_button(e, url):
-    """The star toggle of a row (also swapped alone by the star view)."""
-    label = "Unstar" if e.starred else "Star"
-    return format_html(
-        '<button type="submit" class="star{}" formaction="{}star/" hx-post="{}star/" hx-swap="outerHTML" '
-        'hx-include="this" aria-pressed="{}" title="{} {}"><span aria-hidden="true">{}</span>'
-        '<span class="visually-hidden">{} {}</span></button>',
-        " is-starred" if e.starred else "", url, url, "true" if e.starred else "false", label, e.name,
-        "★" if e.starred else "☆", label, e.name,
-    )
-
-
-@register.simple_tag
-def star(e):
-    return star_button(e, e.get_absolute_url())
-
-
-def _truncate(text, length):
-    return text if len(text) <= length else text[: length - 1] + "…"
-
-
-@register.simple_tag(takes_context=True)
-def experiment_row(context, e):
-    """One row of the experiments table.
-
-    Built in Python rather than in the template language: the table is polled
-    every few seconds and a 50-row page spent most of its time in the template
-    engine. The markup is the same the template produced.
-    """
-    url = e.get_absolute_url()
-    pk = str(e.pk)
-    selected = pk in context.get("selected", ())
-    active_statuses = context.get("active_statuses", ())
-    parts = [format_html(
-        '<tr id="row-{}" class="{}"><td class="col-select"><input type="checkbox" name="selected" value="{}" '
-        'id="sel-{}" aria-label="Select {}" {}></td><td class="col-star">{}</td><td class="col-name">'
-        '<a href="{}" class="name">{}</a>',
-        e.pk, "is-selected" if selected else "", e.pk, e.pk, e.name, "checked" if selected else "",
-        star_button(e, url), url, e.name,
-    )]
-    if e.tags:
-        parts.append(format_html('<div class="tags">{}</div>', format_html_join(
-            "", '<a class="tag" href="?tag={}">{}</a>', ((quote(tag, safe=""), tag) for tag in e.tags))))
-    if e.description:
-        parts.append(format_html('<div class="muted desc">{}</div>', _truncate(e.description, 80)))
-    out_of_date = ""
-    job_generation = getattr(e, "last_job_generation", None)
-    if job_generation and job_generation < e.generation and getattr(e, "last_job_status", None) in active_statuses:
-        out_of_date = mark_safe(
-            '<span class="badge s-busy" title="The running job has an older spec; restart to apply">out of date</span>'
-        )
-    parts.append(format_html(
-        '</td><td class="col-state"><span class="badge s-{}" title="{}">{}</span> <span aria-label="wanted">→</span> '
-        '<span class="badge d-{}">{}</span>{}{}</td>',
-        status_class(e.phase), e.status_reason, e.get_phase_display(), e.desired_state.lower(), e.desired_state,
-        out_of_date,
-        format_html('<div class="muted reason">{}</div>', e.status_reason) if e.status_reason else "",
-    ))
-    resources = e.accelerators or "CPU"
-    if e.num_nodes > 1:
-        resources += f" × {e.num_nodes} nodes"
-    if e.use_spot:
-        resources += " · spot"
-    if e.infra:
-        resources += f" · {e.infra}"
-    parts.append(format_html(
-        '<td class="col-backend"><span class="backend">{}</span><div class="muted">{}</div></td>',
-        e.get_backend_display(), resources,
-    ))
-    flags = e.flags if isinstance(e.flags, dict) else {}
-    for path in context.get("flag_columns", ()):
-        value = flags.get(path)
-        if value is None:
-            parts.append(mark_safe('<td class="flag-col mono"><span class="muted">—</span></td>'))
-        else:
-            parts.append(format_html('<td class="flag-col mono">{}</td>', _truncate(flag_value(value), 40)))
-    attempt = getattr(e, "last_job_attempt", None)
-    if attempt:
-        job = format_html('<a href="{}jobs/{}/">#{}</a> <span class="badge s-{}">{}</span>', url, attempt, attempt,
-                          status_class(e.last_job_status), e.last_job_status)
-    else:
-        job = mark_safe('<span class="muted">no job yet</span>')
-    wandb = wandb_url(e.name, e.flags)
-    parts.append(format_html(
-        '<td class="col-job">{}</td><td class="col-age"><time datetime="{}">{}</time></td>'
-        '<td class="col-duration">{}</td><td class="col-actions">{}'
-        '<details class="menu"><summary aria-label="Actions for {}">⋯</summary><div class="menu-items">'
-        '<button type="submit" formaction="{}state/" name="state" value="RUNNING">Run</button>'
-        '<button type="submit" formaction="{}state/" name="state" value="STOPPED">Stop</button>'
-        '<button type="submit" formaction="{}state/" name="state" value="TERMINATED" class="danger">Terminate…</button>'
-        '<a href="{}edit/">Edit</a><a href="{}clone/">Clone</a></div></details></td></tr>',
-        job, e.created_at.isoformat() if e.created_at else "", age(e.created_at),
-        duration_between(getattr(e, "last_job_started", None), getattr(e, "last_job_ended", None)),
-        format_html('<a href="{}" target="_blank" rel="noopener" class="wandb">W&amp;B</a>', wandb) if wandb else "",
-        e.name, url, url, url, url, url,
-    ))
-    return mark_safe("".join(parts))

@@ -1,10 +1,13 @@
-// SkyDeck's few behaviours beyond htmx: bulk selection, the flag editor, log following.
+// SkyDeck's few behaviours beyond htmx: bulk selection, the flag editor, log following,
+// times that count on, and a banner when SkyDeck stops answering.
 (function () {
   "use strict";
 
-  // Polls skip a beat while the tab is hidden or a row menu is open.
+
+  // Polls skip a beat while the tab is hidden or a row menu is open (a swap would close it).
+  const ROW_MENU_OPEN = "details.menu[open]:not(.user-menu)";
   window.skydeckCanPoll = function () {
-    return !document.hidden && !document.querySelector("details.menu[open]");
+    return !document.hidden && !document.querySelector(ROW_MENU_OPEN);
   };
   // Text boxes filter as the user types; their change-on-blur must not refetch (and reset) the table.
   window.skydeckIsChoice = function (target) {
@@ -86,7 +89,7 @@
     const target = e.detail.target;
     if (!target || target.id !== "experiment-table") return;
     const polled = e.detail.requestConfig && e.detail.requestConfig.elt === target;
-    if (polled && document.querySelector("details.menu[open]")) { e.detail.shouldSwap = false; return; }
+    if (polled && document.querySelector(ROW_MENU_OPEN)) { e.detail.shouldSwap = false; return; }
     keep = rowBoxes().filter(function (b) { return b.checked; }).map(function (b) { return b.value; });
   });
   document.addEventListener("htmx:afterSettle", function () {
@@ -115,6 +118,29 @@
     typed = null;
   });
 
+  // --- forms: parts that apply only to some choices (SkyPilot's fields, max restarts, a random sweep's samples)
+  function choiceOf(form, name) {
+    const input = form.querySelector('[name="' + name + '"]:checked') ||
+      form.querySelector('select[name="' + name + '"], input[name="' + name + '"]:not([type=radio])');
+    return input ? input.value : "";
+  }
+  function applyShowIf(form) {
+    form.querySelectorAll("[data-show-if]").forEach(function (el) {
+      const rule = el.dataset.showIf.split("="), value = choiceOf(form, rule[0]), want = rule[1];
+      const show = want.charAt(0) === "!" ? value !== want.slice(1) : value === want;
+      el.hidden = !show && !el.querySelector(".errorlist");  // a part with an error stays in view
+    });
+  }
+  document.addEventListener("change", function (e) {
+    const form = e.target.form || (e.target.closest && e.target.closest("form"));
+    if (form && form.querySelector("[data-show-if]")) applyShowIf(form);
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form").forEach(function (form) {
+      if (form.querySelector("[data-show-if]")) applyShowIf(form);
+    });
+  });
+
   // --- flag editor: focus the key of a row just added -------------------------
   document.addEventListener("htmx:afterSwap", function (e) {
     if (e.detail.target && e.detail.target.id === "flag-rows") {
@@ -141,5 +167,79 @@
   document.addEventListener("htmx:oobAfterSwap", function (e) {
     if (e.detail.target && e.detail.target.id === "log-panel") stick = true;
     follow();
+  });
+
+  // --- relative times: <time data-relative> counts on in the browser ----------------
+  // So a polled fragment is drawn again only when something changed, not because the clock moved.
+  // The server's clock counts (<body data-now>), not the browser's, which may be off.
+  let skew = 0;
+  function shortDuration(seconds) {
+    const days = Math.floor(seconds / 86400), hours = Math.floor(seconds % 86400 / 3600);
+    const minutes = Math.floor(seconds % 3600 / 60), secs = seconds % 60;
+    if (days) return days + "d " + hours + "h";
+    if (hours) return hours + "h " + minutes + "m";
+    if (minutes) return minutes + "m " + secs + "s";
+    return secs + "s";
+  }
+  function tick() {
+    const now = Date.now() + skew;
+    document.querySelectorAll("time[data-relative]").forEach(function (t) {
+      const at = Date.parse(t.getAttribute("datetime"));
+      if (isNaN(at)) return;
+      const seconds = Math.floor((now - at) / 1000);
+      const text = t.dataset.relative === "until"
+        ? (seconds <= -1 ? "in " + shortDuration(-seconds) : "now")
+        : shortDuration(Math.max(0, seconds));
+      if (t.textContent !== text) t.textContent = text;
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    const serverNow = Number(document.body.dataset.now);
+    if (serverNow) skew = serverNow * 1000 - Date.now();
+    tick();
+    window.setInterval(tick, 1000);
+  });
+  document.addEventListener("htmx:afterSettle", tick);
+
+  // --- SkyDeck not answering: a banner, since when, gone by itself once a request gets through
+  let downSince = null;
+  function clock(date) {
+    const two = function (n) { return String(n).padStart(2, "0"); };
+    return two(date.getHours()) + ":" + two(date.getMinutes()) + ":" + two(date.getSeconds());
+  }
+  function notAnswering() {
+    if (downSince === null) downSince = new Date();
+    const banner = document.getElementById("offline-banner");
+    if (!banner) return;
+    banner.querySelector("[data-since]").textContent = clock(downSince);
+    banner.hidden = false;
+    document.body.classList.add("is-offline");
+  }
+  function answering() {
+    if (downSince === null) return;
+    downSince = null;
+    const banner = document.getElementById("offline-banner");
+    if (banner) banner.hidden = true;
+    document.body.classList.remove("is-offline");
+  }
+  // A request left without an answer for 20 s counts too (a server that hangs, not one that refuses).
+  const pending = new Map();
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    if (e.detail && e.detail.xhr) pending.set(e.detail.xhr, Date.now());
+  });
+  window.setInterval(function () {
+    const now = Date.now();
+    pending.forEach(function (started) { if (now - started > 20000) notAnswering(); });
+  }, 5000);
+  document.addEventListener("htmx:sendError", notAnswering);
+  document.addEventListener("htmx:timeout", notAnswering);
+  document.addEventListener("htmx:afterRequest", function (e) {
+    const xhr = e.detail && e.detail.xhr;
+    if (!xhr) return;
+    pending.delete(xhr);
+    // No answer at all (status 0) is told by sendError or timeout: an aborted request (a search
+    // typed on) has status 0 too and says nothing. 502-504: a proxy (or SkyDeck's database) standing in.
+    if (xhr.status >= 502 && xhr.status <= 504) notAnswering();
+    else if (xhr.status > 0) answering();
   });
 })();

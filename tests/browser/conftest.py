@@ -12,21 +12,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.support import require
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make are still synchronous.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
 @pytest.fixture(scope="session")
 def browser():
-    require(Path(CHROMIUM).exists() or shutil.which("chromium"), f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+    require(
+        Path(CHROMIUM).exists() or shutil.which("chromium"),
+        f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)",
+    )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
@@ -82,11 +90,3 @@ def page(browser, live_server, owner):
     page = context.new_page()
     yield page
     context.close()
-
-
-def log_in(page, username="owner", password="correct horse battery"):
-    page.goto("/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url("**/")

@@ -4,8 +4,8 @@ import pytest
 from playwright.sync_api import expect
 
 from experiments.models import Experiment
-from tests.browser.conftest import log_in
 from tests.factories import ExperimentFactory
+from tests.support import log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 LONG = 60_000  # a real job on a busy CI machine; a wait, not a timed assertion
@@ -54,7 +54,7 @@ def test_log_in_create_run_and_watch_the_log(page, control_loop, screenshots):
 
     page.get_by_role("button", name="▶ Run").click()
     jobs = page.locator("table.jobs")
-    expect(jobs).to_contain_text("SUCCEEDED", timeout=LONG)
+    expect(jobs).to_contain_text("Succeeded", timeout=LONG)
     log = page.locator("#log-text")
     expect(log).to_contain_text("training with epochs=3 fast=true", timeout=LONG)
     expect(log).to_contain_text("finished", timeout=LONG)
@@ -65,14 +65,16 @@ def test_log_in_create_run_and_watch_the_log(page, control_loop, screenshots):
 
 
 def test_stop_a_running_experiment(page, control_loop, screenshots):
-    ExperimentFactory(name="sleeper", command="bash -c 'echo sleeping; sleep 300'", desired_state="RUNNING", run_number=1)
+    ExperimentFactory(
+        name="sleeper", command="bash -c 'echo sleeping; sleep 300'", desired_state="RUNNING", run_number=1
+    )
     log_in(page)
     page.goto("/experiments/sleeper/")
-    expect(page.locator("table.jobs")).to_contain_text("RUNNING", timeout=LONG)
+    expect(page.locator("table.jobs")).to_contain_text("Running", timeout=LONG)
     expect(page.locator("#log-text")).to_contain_text("sleeping", timeout=LONG)
     page.get_by_role("button", name="■ Stop").click()
     expect(page.locator(".messages")).to_contain_text("desired state set to STOPPED")
-    expect(page.locator("table.jobs")).to_contain_text("CANCELLED", timeout=LONG)
+    expect(page.locator("table.jobs")).to_contain_text("Cancelled", timeout=LONG)
     expect(page.locator(".status-card")).to_contain_text("Stopped", timeout=LONG)
 
     page.goto("/clusters/")
@@ -106,19 +108,26 @@ def test_bulk_action_on_a_filtered_selection(page, control_loop, screenshots):
     page.get_by_role("button", name="Apply to selected").click()
     expect(page.locator(".messages")).to_contain_text("Tagged 3 experiments “picked”.")
     assert sorted(Experiment.objects.filter(tags__icontains="picked").values_list("name", flat=True)) == [
-        "sweep-a-1", "sweep-a-2", "sweep-a-3"]
+        "sweep-a-1",
+        "sweep-a-2",
+        "sweep-a-3",
+    ]
     assert "q=sweep-a" in page.url
 
-    # all matching the filter, destructive: a confirmation lists them first
+    # all matching the filter, destructive: the plan lists each one and what will happen to it first
     page.get_by_label("All 3 matching the filter").check()
     page.get_by_label("Action", exact=True).select_option("TERMINATED")
     page.get_by_role("button", name="Apply to selected").click()
     expect(page.get_by_role("heading", name="Terminate 3 experiments?")).to_be_visible()
-    expect(page.locator(".confirm-items")).to_contain_text("sweep-a-2")
+    expect(page.locator(".plan-rows")).to_contain_text("sweep-a-2")
+    expect(page.locator(".plan-rows")).not_to_contain_text("unrelated")
     page.get_by_role("button", name="Terminate 3").click()
     expect(page.locator(".messages")).to_contain_text("3 experiments set to TERMINATED.")
     assert set(Experiment.objects.filter(desired_state="TERMINATED").values_list("name", flat=True)) == {
-        "sweep-a-1", "sweep-a-2", "sweep-a-3"}
+        "sweep-a-1",
+        "sweep-a-2",
+        "sweep-a-3",
+    }
 
     # the row stays selected through a live update
     page.get_by_label("Select sweep-a-1").check()

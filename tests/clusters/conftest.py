@@ -4,12 +4,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.support import require
 
 
 def _free_port():
@@ -31,7 +30,11 @@ def nocloud_api_server(tmp_path_factory):
     """
     home = tmp_path_factory.mktemp("sky-nocloud-home")
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPILOT_API_SERVER")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SKYPILOT_API_SERVER") and k != "SKYPILOT_DISABLE_LOCAL_API_SERVER"
+    }
     env.update(HOME=str(home), SKYPILOT_API_SERVER_LOCAL_PORT=str(port), SKYPILOT_DISABLE_USAGE_COLLECTION="1")
     try:
         started = subprocess.run([_sky_cli(), "api", "start"], env=env, capture_output=True, text=True, timeout=180)
@@ -81,35 +84,3 @@ def sky_endpoint(monkeypatch, skypilot_backend):
 def use_nocloud_server(nocloud_api_server, sky_endpoint):
     """This process's SkyPilot client, talking to the no-cloud server."""
     return sky_endpoint(nocloud_api_server["SKYPILOT_API_SERVER_ENDPOINT"])
-
-
-def poll_through_worker(timeout=60.0):
-    """Enqueue one poll on the Celery worker and wait until it has run."""
-    from clusters.models import Heartbeat
-    from experiments.tasks import poll
-
-    before = Heartbeat.objects.filter(name="poll").values_list("finished_at", flat=True).first()
-    poll.delay()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        after = Heartbeat.objects.filter(name="poll").values_list("finished_at", flat=True).first()
-        if after and after != before:
-            return after
-        time.sleep(0.3)
-    raise AssertionError(f"no poll finished within {timeout}s")
-
-
-def drive_until(predicate, *, timeout, message, pause=1.0):
-    """Poll through the worker until ``predicate()`` holds; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        poll_through_worker(timeout=max(30.0, min(120.0, deadline - time.monotonic() + 30)))
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pause)

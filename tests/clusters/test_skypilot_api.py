@@ -5,16 +5,16 @@ its own HOME and port; the unreachable one is a closed port on this machine.
 """
 
 import socket
-import time
 
 import pytest
 
 from clusters.models import BackendHealth, Cluster
-from experiments.models import Job
+from experiments.models import Event, Job
 from experiments.observe import poll_all
 from experiments.reconciler import reconcile
 from experiments.tasks import run_poll
 from tests.factories import ExperimentFactory, JobFactory
+from tests.support import set_state, wait_for
 
 
 def skypilot_experiment(**kwargs):
@@ -25,48 +25,47 @@ def skypilot_experiment(**kwargs):
 
 
 def _poll_until(predicate, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run_poll()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not true after {timeout}s of polling")
+    return wait_for(predicate, timeout, 0.5, "the polls to show it", between=run_poll)
 
 
 @pytest.mark.skypilot
 @pytest.mark.django_db
-def test_running_experiment_without_any_cloud_ends_failed_launch(use_nocloud_server):
+def test_running_experiment_without_any_cloud_ends_failed_launch_in_seconds(use_nocloud_server):
+    """SkyDeck asks the server which clouds it has (once, remembered) before it launches: no cloud, no launch."""
     exp = skypilot_experiment(name="nocloud")
-    exp.set_desired_state("RUNNING")
+    set_state(exp, "RUNNING")
+    backend = use_nocloud_server
+    backend.calls.clear()
     outcome = reconcile(exp.pk)
     assert "launch" in outcome.actions
-
+    assert "launch" not in backend.calls and backend.calls["enabled_clouds"] == 1
     job = exp.jobs.get()
-    assert job.status == "LAUNCHING" and job.launch_request_id  # submitted, not waited on
-
-    _poll_until(lambda: Job.objects.get(pk=job.pk).status != "LAUNCHING")
-    job.refresh_from_db()
     exp.refresh_from_db()
-    assert job.status == "FAILED_LAUNCH"
+    assert job.status == "FAILED_LAUNCH" and not job.launch_request_id  # nothing was submitted
     assert job.failure_reason == "NoCloudAccess"
     assert "no cloud is enabled" in job.error_message.lower() and "sky check" in job.error_message
     assert exp.phase == "FAILED" and exp.status_reason == "NoCloudAccess"
     assert exp.jobs.count() == 1  # not retried
+    # Asked once per server: a second experiment learns it without asking again.
+    other = skypilot_experiment(name="nocloud-2")
+    set_state(other, "RUNNING")
+    reconcile(other.pk)
+    assert backend.calls["enabled_clouds"] == 1 and other.jobs.get().failure_reason == "NoCloudAccess"
 
     polls, _ = run_poll()
     (poll,) = polls
     assert poll.reachable and poll.clusters == {} and poll.jobs == {}
     assert not Cluster.objects.filter(backend="skypilot").exists()
-    assert BackendHealth.objects.get(backend="skypilot").reachable
+    health = BackendHealth.objects.get(backend="skypilot")
+    assert health.reachable and health.details["enabled_infra"] == []
+    assert health.details["url"] == use_nocloud_server.server()["url"]
 
 
 @pytest.mark.skypilot
 @pytest.mark.django_db
 def test_bad_spec_fails_at_once_without_retry(use_nocloud_server):
     exp = skypilot_experiment(name="badspec", infra="nocloud/us-east-1", restart_policy="on_failure")
-    exp.set_desired_state("RUNNING")
+    set_state(exp, "RUNNING")
     reconcile(exp.pk)
     exp.refresh_from_db()
     job = exp.jobs.get()
@@ -92,8 +91,14 @@ def test_calls_per_poll_do_not_grow_with_experiments(use_nocloud_server):
             exp = skypilot_experiment(name=f"count-{offset + i}", desired_state="RUNNING")
             # A job whose cluster no longer exists, and a launch request in flight.
             JobFactory(experiment=exp, backend="skypilot", attempt=1, status="SUCCEEDED", cluster_name=exp.cluster_name)
-            JobFactory(experiment=exp, backend="skypilot", attempt=2, status="RUNNING",
-                       cluster_name=exp.cluster_name, sky_job_id=2)
+            JobFactory(
+                experiment=exp,
+                backend="skypilot",
+                attempt=2,
+                status="RUNNING",
+                cluster_name=exp.cluster_name,
+                sky_job_id=2,
+            )
 
     add(1, 0)
     one = _calls_for_one_poll(backend)
@@ -115,8 +120,14 @@ def test_requests_in_flight_cost_one_api_status_call(use_nocloud_server):
 
     for i in range(6):
         exp = skypilot_experiment(name=f"inflight-{i}", desired_state="RUNNING")
-        JobFactory(experiment=exp, backend="skypilot", attempt=1, status="LAUNCHING",
-                   cluster_name=exp.cluster_name, launch_request_id=str(uuid.uuid4()))
+        JobFactory(
+            experiment=exp,
+            backend="skypilot",
+            attempt=1,
+            status="LAUNCHING",
+            cluster_name=exp.cluster_name,
+            launch_request_id=str(uuid.uuid4()),
+        )
     calls = _calls_for_one_poll(backend)
     # One api_status for all six (asked again once after a health check, because
     # the server knows none of them), then status and cost_report.
@@ -141,8 +152,15 @@ def unreachable_endpoint(sky_endpoint):
 def test_unreachable_server_changes_nothing_and_backs_off(unreachable_endpoint):
     backend = unreachable_endpoint
     exp = skypilot_experiment(name="unreach", desired_state="RUNNING", run_number=1, reconciled_run=1, phase="RUNNING")
-    job = JobFactory(experiment=exp, backend="skypilot", attempt=1, run_number=1, status="RUNNING",
-                     cluster_name=exp.cluster_name, sky_job_id=7)
+    job = JobFactory(
+        experiment=exp,
+        backend="skypilot",
+        attempt=1,
+        run_number=1,
+        status="RUNNING",
+        cluster_name=exp.cluster_name,
+        sky_job_id=7,
+    )
     Cluster.objects.create(backend="skypilot", name=exp.cluster_name, status="UP")
 
     polls, _ = run_poll()
@@ -152,6 +170,9 @@ def test_unreachable_server_changes_nothing_and_backs_off(unreachable_endpoint):
     assert not health.reachable and health.unreachable_since is not None
     assert health.next_poll_at > health.unreachable_since
     since = health.unreachable_since
+    # Told once, to whoever subscribed to it (experiments.notify).
+    (told,) = Event.objects.filter(data__notify="backend_unreachable")
+    assert told.experiment is None and "skypilot backend became unreachable" in told.message
 
     # Nothing about the world changed: the job runs, the cluster is there, nothing failed.
     job.refresh_from_db()
@@ -166,12 +187,13 @@ def test_unreachable_server_changes_nothing_and_backs_off(unreachable_endpoint):
     assert polls[0].skipped and sum(backend.calls.values()) == 0
     health.refresh_from_db()
     assert health.unreachable_since == since and health.consecutive_failures == 1
+    assert Event.objects.filter(data__notify="backend_unreachable").count() == 1
 
 
 @pytest.mark.django_db
 def test_launch_while_unreachable_keeps_the_intent_and_fails_nothing(unreachable_endpoint):
     exp = skypilot_experiment(name="unreach-launch")
-    exp.set_desired_state("RUNNING")
+    set_state(exp, "RUNNING")
     reconcile(exp.pk)
     exp.refresh_from_db()
     job = exp.jobs.get()
@@ -184,18 +206,3 @@ def test_launch_while_unreachable_keeps_the_intent_and_fails_nothing(unreachable
     assert outcome.reason == "BackendUnreachable" and not outcome.actions
     job.refresh_from_db()
     assert job.status == "LAUNCHING"
-
-
-@pytest.mark.django_db
-def test_the_live_log_says_when_the_api_server_is_unreachable(unreachable_endpoint, owner_client):
-    """The experiment page's log tail keeps polling and says why it shows nothing."""
-    from django.urls import reverse
-
-    from tests.factories import ExperimentFactory, JobFactory
-
-    experiment = ExperimentFactory(name="far-away", backend="skypilot")
-    JobFactory(experiment=experiment, attempt=1, status="RUNNING", backend="skypilot", cluster_name="sd-far-away",
-               sky_job_id=1)
-    body = owner_client.get(reverse("experiments:job_log", args=["far-away", 1]),
-                            headers={"HX-Request": "true"}).content.decode()
-    assert "Cannot read the log:" in body and 'hx-trigger="every 5s"' in body

@@ -21,11 +21,11 @@ from clusters.backends.skypilot import (
     map_managed_job_status,
     resources_kwargs,
 )
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def spec(**overrides):
-    values = dict(job_name="sd-exp-1", cluster_name="sd-exp", command="python train.py lr=0.1")
+    values = {"job_name": "sd-exp-1", "cluster_name": "sd-exp", "command": "python train.py lr=0.1"}
     values.update(overrides)
     return LaunchSpec(**values)
 
@@ -40,7 +40,8 @@ def test_check_and_pages_do_not_import_sky():
         "django.setup()\n"
         "from django.core.management import call_command\n"
         "call_command('check')\n"
-        "import clusters.backends.skypilot, experiments.views, clusters.views, experiments.tasks\n"
+        "import clusters.backends.skypilot, experiments.views, experiments.cluster_views\n"
+        "import experiments.log_views, experiments.tasks\n"
         "from clusters.backends import get_backend\n"
         "get_backend('skypilot')\n"
         "print('SKY' if 'sky' in sys.modules else 'NOSKY')\n"
@@ -184,15 +185,19 @@ def _sky_exception_classes():
     from sky import exceptions
 
     return [
-        cls for _, cls in inspect.getmembers(exceptions, inspect.isclass)
+        cls
+        for _, cls in inspect.getmembers(exceptions, inspect.isclass)
         if issubclass(cls, BaseException) and cls.__module__ == exceptions.__name__
     ]
 
 
 def test_every_sky_exception_type_has_an_outcome():
     """A new exception type in a SkyPilot upgrade fails here until someone decides its outcome."""
-    missing = [cls.__name__ for cls in _sky_exception_classes()
-               if cls.__name__ not in ERRORS and cls.__name__ not in {"JobExitCode"}]
+    missing = [
+        cls.__name__
+        for cls in _sky_exception_classes()
+        if cls.__name__ not in ERRORS and cls.__name__ not in {"JobExitCode"}
+    ]
     assert missing == []
 
 
@@ -209,13 +214,18 @@ def test_no_cloud_access_is_a_failed_launch_with_an_actionable_message():
 
 
 def test_resources_unavailable_without_a_try_is_not_retried():
-    not_enabled = map_exception(_make(
-        "ResourcesUnavailableError",
-        "Task 'x' requires aws which is not enabled. To enable access, change the task cloud requirement or run: \x1b[1msky check aws\x1b[0m",
-    ))
+    not_enabled = map_exception(
+        _make(
+            "ResourcesUnavailableError",
+            "Task 'x' requires aws which is not enabled. To enable access, change the task cloud requirement "
+            "or run: \x1b[1msky check aws\x1b[0m",
+        )
+    )
     assert not_enabled.reason == "NoCloudAccess" and not not_enabled.retryable
     assert "\x1b" not in not_enabled.message and "sky check" in not_enabled.message
-    infeasible = map_exception(_make("ResourcesUnavailableError", "Catalog does not contain any instances satisfying the request"))
+    infeasible = map_exception(
+        _make("ResourcesUnavailableError", "Catalog does not contain any instances satisfying the request")
+    )
     assert infeasible.reason == "InvalidSpec" and not infeasible.retryable
 
 
@@ -270,3 +280,95 @@ def test_every_sky_exception_maps_to_a_backend_error():
 def test_logs_are_cleaned_for_reading():
     raw = "\x1b[2m├── \x1b[0mWaiting\n\x1b[36m(sd-x-1, pid=1)\x1b[0m hello\nspin\rdone\n"
     assert clean_log(raw) == "├── Waiting\n(sd-x-1, pid=1) hello\ndone\n"
+
+
+# --- log copies: what is new in a fetch of the last lines ----------------------------------------
+
+FAILED_FETCH = (
+    "\x1b[36m(sd-probe-1, pid=27484)\x1b[0m line 5\n"
+    "srun: error: vm: task 0: Exited with exit code 3\n"
+    "ERROR: \x1b[31mJob 1 failed with return code list:\x1b[0m [3] \n"
+    "\x1b[0m\x1b[32m✓ Job finished (status: FAILED).\x1b[0m\x1b[0m\n"
+    "srun: error: vm: task 0: Exited with exit code 100\n"
+)
+
+
+def test_skypilots_own_closing_lines_are_not_the_jobs_output():
+    from clusters.backends.skypilot import _split_footer
+
+    lines, finished = _split_footer(FAILED_FETCH.splitlines(keepends=True))
+    assert "Job finished (status: FAILED)" in finished
+    assert [line.split(" ", 1)[-1] for line in lines][-1].startswith("\x1b[31mJob 1 failed")
+    assert "exit code 100" not in "".join(lines) and "exit code 3" in "".join(lines)  # the job's own srun line stays
+    running, finished = _split_footer(["a\n", "b\n", "srun: error: vm: task 0: Exited with exit code 101\n"])
+    assert (running, finished) == (["a\n", "b\n"], "")
+
+
+def test_the_new_lines_are_those_after_the_copys_end():
+    from clusters.backends.skypilot import _after
+
+    assert _after(["c\n", "d\n"], ["a\n", "b\n", "c\n", "d\n", "e\n", "f\n"]) == ["e\n", "f\n"]
+    assert _after(["c\n", "d\n"], ["c\n", "d\n"]) == []
+    assert _after(["x\n"], ["a\n", "b\n"]) is None  # not among them: ask for more
+    assert _after([], ["a\n"]) == ["a\n"]
+    # The last place the copy's end appears is the one that counts.
+    assert _after(["x\n"], ["x\n", "y\n", "x\n", "z\n"]) == ["z\n"]
+
+
+@pytest.mark.parametrize(
+    ("text", "codes"),
+    [
+        (FAILED_FETCH, [3]),
+        ("ERROR: Job 4 failed with return code list: [0, 137, 2] (A Worker failed)\n", [0, 137, 2]),
+        ("ERROR: \x1b[31mJob 2's setup failed with return code 5 (pid=1).\n", [5]),
+        ("all good\n", None),
+    ],
+)
+def test_exit_codes_are_read_from_what_skypilot_prints(text, codes):
+    from clusters.backends.skypilot import exit_codes_in
+
+    assert exit_codes_in(text) == codes
+
+
+def test_infra_that_cannot_stop_tears_down_when_idle():
+    from clusters.backends.base import infra_cannot_stop
+
+    assert infra_cannot_stop("slurm") and infra_cannot_stop("k8s/my-context") and infra_cannot_stop("Kubernetes")
+    assert not infra_cannot_stop("aws/us-east-1") and not infra_cannot_stop("")
+    assert spec(infra="slurm", autostop_minutes=10).autostop_down
+
+
+# --- the local API server's health, asked before the SDK would start one --------------------
+
+
+def _backend_asking(monkeypatch, url):
+    from sky.server import common as server_common
+
+    from clusters.backends import skypilot
+
+    monkeypatch.setattr(server_common, "is_api_server_local", lambda *a, **k: True)
+    monkeypatch.setattr(server_common, "get_server_url", lambda *a, **k: url)
+    monkeypatch.setattr(skypilot, "SERVER_PATIENCE_SECONDS", 0.5)
+    return skypilot.SkyPilotBackend()
+
+
+def test_a_local_server_that_listens_but_does_not_answer_is_called_busy_not_missing(monkeypatch):
+    import socket
+
+    with socket.socket() as listener:  # accepts connections (the kernel does), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        backend = _backend_asking(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
+        with pytest.raises(BackendUnreachable, match="did not answer its health check within 0.5 s"):
+            backend._local_server_answers()
+
+
+def test_no_local_server_is_said_plainly(monkeypatch):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    backend = _backend_asking(monkeypatch, f"http://127.0.0.1:{port}")
+    with pytest.raises(BackendUnreachable, match="No SkyPilot API server answers"):
+        backend._local_server_answers()

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from experiments.models import Experiment
-from tests.conftest import wait_for
 from tests.factories import ExperimentFactory
+from tests.support import set_state, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
 
@@ -15,7 +15,7 @@ def test_running_experiment_succeeds_through_the_worker(celery_worker_process, o
     proc, log = celery_worker_process
     exp = ExperimentFactory(name="via-celery", command="echo from the worker", flags={"epochs": 2})
     # set_desired_state enqueues reconcile_experiment on commit; beat's poll sees the job finish.
-    exp.set_desired_state("RUNNING", user=owner)
+    set_state(exp, "RUNNING", owner)
     wait_for(lambda: exp.jobs.exists(), timeout=30, message=f"a job; worker log:\n{log.read_text()[-2000:]}")
     wait_for(
         lambda: Experiment.objects.get(pk=exp.pk).phase == "SUCCEEDED",
@@ -33,9 +33,9 @@ def test_running_experiment_succeeds_through_the_worker(celery_worker_process, o
 def test_stop_through_the_worker_cancels(celery_worker_process):
     proc, log = celery_worker_process
     exp = ExperimentFactory(name="stop-me", command="sleep 300")
-    exp.set_desired_state("RUNNING")
+    set_state(exp, "RUNNING")
     wait_for(lambda: exp.jobs.filter(status="RUNNING").exists(), timeout=60, message="RUNNING")
     exp = Experiment.objects.get(pk=exp.pk)
-    exp.set_desired_state("STOPPED")
+    set_state(exp, "STOPPED")
     wait_for(lambda: exp.jobs.filter(status="CANCELLED").exists(), timeout=60, message="CANCELLED")
     wait_for(lambda: Experiment.objects.get(pk=exp.pk).phase == "STOPPED", timeout=30, message="phase STOPPED")

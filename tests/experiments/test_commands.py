@@ -4,8 +4,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from tests.conftest import wait_for
 from tests.factories import ExperimentFactory
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -24,10 +24,10 @@ def test_reconcile_and_poll_print_what_they_did(local_root):
 
     def finished():
         out, _ = run("poll")
-        return "SUCCEEDED" == exp.jobs.get().status and out
+        return exp.jobs.get().status == "SUCCEEDED" and out
 
     out = wait_for(finished, message="job to finish")
-    assert "local: 1 clusters" in out
+    assert "local: 1 cluster, 1 job" in out
     assert job.name == "sd-cmd-1"
     out, _ = run("reconcile")
     assert "Nothing to reconcile." in out
@@ -69,10 +69,40 @@ def test_ensure_login_uses_a_given_password(monkeypatch, settings, tmp_path):
 def test_only_one_poll_runs_at_a_time(local_root):
     from clusters.models import Heartbeat
 
-    assert Heartbeat.try_lease("poll", seconds=60)
+    assert Heartbeat.try_lease("poll", 60, "elsewhere:1:a")
     out, _ = run("poll")
     assert "Another poll is running; skipped." in out
-    Heartbeat.release("poll")
+    Heartbeat.release("poll", "someone-else")  # only the holder can release
+    out, _ = run("poll")
+    assert "Another poll is running; skipped." in out
+    Heartbeat.release("poll", "elsewhere:1:a")
     out, _ = run("poll")
     assert "No backend in use" in out
     assert Heartbeat.objects.get(name="poll").lease_until is None
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"SKYDECK_BACKENDS": "local"}, "The SkyPilot backend is off"),
+        ({"SKYPILOT_API_SERVER_ENDPOINT": "http://skypilot.example.com:46580"}, "it is left alone"),
+        ({"SKYPILOT_API_SERVER_LOCAL_PORT": "9"}, "would start a SkyPilot API server at http://127.0.0.1:9"),
+    ],
+)
+def test_the_skypilot_server_service_starts_one_only_when_it_must(env, says, transactional_db):
+    """What `make run`'s skypilot service does: nothing to run, a server left alone, or one it would start."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, subprocess_env
+
+    out = subprocess.run(
+        [sys.executable, "manage.py", "skypilot_server", "--once"],
+        cwd=ROOT,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert says in out.stdout

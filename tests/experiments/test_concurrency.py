@@ -8,8 +8,8 @@ import pytest
 from django.db import IntegrityError, close_old_connections, connection, transaction
 
 from experiments.models import Job
-from tests.conftest import ROOT, subprocess_env
 from tests.factories import ExperimentFactory
+from tests.support import ROOT, subprocess_env
 
 pytestmark = pytest.mark.postgres
 
@@ -24,8 +24,14 @@ def test_concurrent_reconcile_processes_create_one_job_per_experiment(postgres_d
     ]
     env = subprocess_env()
     procs = [
-        subprocess.Popen([sys.executable, "manage.py", "reconcile"], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, "manage.py", "reconcile"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for _ in range(N_RECONCILERS)
     ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
@@ -49,8 +55,15 @@ def test_the_database_forbids_a_second_active_job(postgres_db, transactional_db)
         try:
             barrier.wait()
             with transaction.atomic():
-                Job.objects.create(experiment=exp, attempt=attempt, generation=1, backend="local",
-                                   name=f"sd-double-{attempt}", command="true", status="LAUNCHING")
+                Job.objects.create(
+                    experiment=exp,
+                    attempt=attempt,
+                    generation=1,
+                    backend="local",
+                    name=f"sd-double-{attempt}",
+                    command="true",
+                    status="LAUNCHING",
+                )
             results.append("ok")
         except IntegrityError:
             results.append("refused")
@@ -70,12 +83,22 @@ def test_the_database_forbids_a_second_active_job(postgres_db, transactional_db)
 def test_finished_jobs_do_not_count_as_active():
     exp = ExperimentFactory(name="history")
     for attempt, status in enumerate(["FAILED", "SUCCEEDED", "CANCELLED", "LOST"], start=1):
-        Job.objects.create(experiment=exp, attempt=attempt, generation=1, backend="local", name=f"j{attempt}",
-                           command="true", status=status)
-    Job.objects.create(experiment=exp, attempt=5, generation=1, backend="local", name="j5", command="true", status="RUNNING")
+        Job.objects.create(
+            experiment=exp,
+            attempt=attempt,
+            generation=1,
+            backend="local",
+            name=f"j{attempt}",
+            command="true",
+            status=status,
+        )
+    Job.objects.create(
+        experiment=exp, attempt=5, generation=1, backend="local", name="j5", command="true", status="RUNNING"
+    )
     with pytest.raises(IntegrityError), transaction.atomic():
-        Job.objects.create(experiment=exp, attempt=6, generation=1, backend="local", name="j6", command="true",
-                           status="PENDING")
+        Job.objects.create(
+            experiment=exp, attempt=6, generation=1, backend="local", name="j6", command="true", status="PENDING"
+        )
 
 
 @pytest.mark.django_db

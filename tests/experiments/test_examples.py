@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 
 from experiments.models import ApiToken, Experiment, Job, Sweep
-from tests.conftest import ROOT, stop_process, subprocess_env, wait_for
 from tests.factories import UserFactory
+from tests.support import ROOT, stop_process, subprocess_env, wait_for
 
 
 def free_port():
@@ -23,18 +23,22 @@ def free_port():
 @pytest.fixture
 def server(transactional_db, local_root, tmp_path):
     port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--nothreading"],
-        cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with open(tmp_path / "server.log", "wb") as log:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--nothreading"],
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def up():
         if proc.poll() is not None:
             pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
         try:
-            urllib.request.urlopen(url + "/api/openapi.json", timeout=2)
+            urllib.request.urlopen(url + "/healthz", timeout=2)
             return True
         except OSError:
             return False
@@ -49,8 +53,9 @@ def server(transactional_db, local_root, tmp_path):
 
 def run_example(name, url, token, *args):
     env = {**os.environ, "SKYDECK_URL": url, "SKYDECK_TOKEN": token}
-    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def drive(sweep, limit):
@@ -63,7 +68,9 @@ def drive(sweep, limit):
         assert Job.objects.active().filter(experiment__sweep=sweep).count() <= limit
         run_poll()
         reconciler.reconcile_all()
-        assert not sweep.experiments.filter(phase="FAILED").exists(), list(sweep.experiments.values("name", "status_message"))
+        assert not sweep.experiments.filter(phase="FAILED").exists(), list(
+            sweep.experiments.values("name", "status_message")
+        )
         time.sleep(0.2)
 
 

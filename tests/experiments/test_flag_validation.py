@@ -8,8 +8,7 @@ from experiments.flags import import_model
 from experiments.forms import ExperimentForm
 from experiments.models import ApiToken, Experiment
 from tests.factories import ExperimentFactory, UserFactory
-
-from .test_flags import Config
+from tests.support import Config
 
 
 @pytest.fixture
@@ -19,8 +18,16 @@ def schema(db):
 
 def form_data(name, flags):
     data = {
-        "name": name, "command": "python train.py", "flag_style": "plain", "backend": "local", "num_nodes": "1",
-        "restart_policy": "never", "max_restarts": "3", "desired_state": "STOPPED", "tags": "", "envs": "",
+        "name": name,
+        "command": "python train.py",
+        "flag_style": "plain",
+        "backend": "local",
+        "num_nodes": "1",
+        "restart_policy": "never",
+        "max_restarts": "3",
+        "desired_state": "STOPPED",
+        "tags": "",
+        "envs": "",
     }
     for i, (key, (kind, raw)) in enumerate(flags.items()):
         data.update({f"flag-r{i}-key": key, f"flag-r{i}-type": kind, f"flag-r{i}-value": raw})
@@ -39,10 +46,24 @@ def save_with_admin(client, flags):
     admin = UserFactory(username="admin", is_staff=True, is_superuser=True)
     client.force_login(admin)
     data = {
-        "name": "via-admin", "command": "python train.py", "flags": json.dumps({k: v for k, (_, v) in flags.items()}),
-        "flag_style": "plain", "backend": "local", "num_nodes": "1", "restart_policy": "never", "max_restarts": "3",
-        "desired_state": "STOPPED", "tags": "[]", "envs": "{}", "description": "", "run_number": "0", "reconciled_run": "0",
-        "jobs-TOTAL_FORMS": "0", "jobs-INITIAL_FORMS": "0", "jobs-MIN_NUM_FORMS": "0", "jobs-MAX_NUM_FORMS": "0",
+        "name": "via-admin",
+        "command": "python train.py",
+        "flags": json.dumps({k: v for k, (_, v) in flags.items()}),
+        "flag_style": "plain",
+        "backend": "local",
+        "num_nodes": "1",
+        "restart_policy": "never",
+        "max_restarts": "3",
+        "desired_state": "STOPPED",
+        "tags": "[]",
+        "envs": "{}",
+        "description": "",
+        "run_number": "0",
+        "reconciled_run": "0",
+        "jobs-TOTAL_FORMS": "0",
+        "jobs-INITIAL_FORMS": "0",
+        "jobs-MIN_NUM_FORMS": "0",
+        "jobs-MAX_NUM_FORMS": "0",
     }
     response = client.post("/admin/experiments/experiment/add/", data)
     if response.status_code == 302:
@@ -54,8 +75,12 @@ def save_with_admin(client, flags):
 def save_with_api(client, flags):
     token = ApiToken.issue(UserFactory(username="scripter"))[1]
     body = {"name": "via-api", "command": "python train.py", "flags": {k: v for k, (_, v) in flags.items()}}
-    response = client.post("/api/experiments", json.dumps(body), content_type="application/json",
-                           headers={"Authorization": f"Bearer {token}"})
+    response = client.post(
+        "/api/experiments",
+        json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     if response.status_code == 201:
         return Experiment.objects.get(name="via-api"), None
     assert response.status_code == 400
@@ -111,8 +136,16 @@ def test_the_admin_edits_flag_schemas_with_checks(db, client):
 
     admin = UserFactory(username="admin", is_staff=True, is_superuser=True)
     client.force_login(admin)
-    data = {"namespace": "cfg", "path": "opt", "type": "choice", "type_name": "", "default": '"adam"',
-            "choices": "[]", "description": "", "source": "manual"}
+    data = {
+        "namespace": "cfg",
+        "path": "opt",
+        "type": "choice",
+        "type_name": "",
+        "default": '"adam"',
+        "choices": "[]",
+        "description": "",
+        "source": "manual",
+    }
     response = client.post("/admin/experiments/flagschema/add/", data)
     assert response.status_code == 200 and b"needs its list of choices" in response.content
     data["choices"] = '["adam", "sgd"]'

@@ -1,54 +1,18 @@
 """Flag schemas: inference from pydantic models, learning, validation and typeahead."""
 
-import enum
-from typing import Annotated, Literal, Optional
+from typing import Optional
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from experiments.flags import (
-    import_model,
-    infer_schema,
-    learn_flags,
-    search_paths,
-    unknown_paths,
-    validate_against_schema,
-)
+from experiments.flags import import_model, infer_schema, learn_flags
 from experiments.models import FlagSchema
 from tests.factories import ExperimentFactory, FlagSchemaFactory
+from tests.support import Config
 
-
-class Color(enum.Enum):
-    RED = "red"
-    BLUE = "blue"
-
-
-class Level(enum.IntEnum):
-    LOW = 1
-    HIGH = 2
-
-
-class Optimizer(BaseModel):
-    lr: float = Field(0.001, description="learning rate")
-    kind: Literal["adam", "sgd"] = "adam"
-    momentum: Optional[float] = None
-
-
-class Trainer(BaseModel):
-    optimizer: Optimizer = Optimizer()
-    epochs: int
-    amp: bool = True
-    color: Color = Color.BLUE
-    level: Level = Level.LOW
-    tag: Optional[str] = None
-
-
-class Config(BaseModel):
-    trainer: Trainer
-    name: Annotated[str, Field(description="run name")] = "run"
-    shape: list[int] = [1, 2]
-    mixed: int | str = 3
-    maybe_model: Optional[Optimizer] = None
+validate_against_schema = FlagSchema.objects.check_flags
+unknown_paths = FlagSchema.objects.unknown
+search_paths = FlagSchema.objects.search
 
 
 def by_path(specs):
@@ -58,9 +22,20 @@ def by_path(specs):
 def test_infer_schema_flattens_nested_models_to_dotted_paths():
     specs = by_path(infer_schema(Config))
     assert set(specs) == {
-        "trainer.optimizer.lr", "trainer.optimizer.kind", "trainer.optimizer.momentum", "trainer.epochs",
-        "trainer.amp", "trainer.color", "trainer.level", "trainer.tag", "name", "shape", "mixed",
-        "maybe_model.lr", "maybe_model.kind", "maybe_model.momentum",
+        "trainer.optimizer.lr",
+        "trainer.optimizer.kind",
+        "trainer.optimizer.momentum",
+        "trainer.epochs",
+        "trainer.amp",
+        "trainer.color",
+        "trainer.level",
+        "trainer.tag",
+        "name",
+        "shape",
+        "mixed",
+        "maybe_model.lr",
+        "maybe_model.kind",
+        "maybe_model.momentum",
     }
 
 
@@ -136,12 +111,24 @@ def schema(db):
 
 def test_validation_coerces_values_to_their_types(schema):
     coerced, errors, unknown = validate_against_schema(
-        {"trainer.optimizer.lr": "0.01", "trainer.epochs": "5", "trainer.amp": "false", "trainer.level": "2",
-         "trainer.optimizer.kind": "sgd", "name": 7}
+        {
+            "trainer.optimizer.lr": "0.01",
+            "trainer.epochs": "5",
+            "trainer.amp": "false",
+            "trainer.level": "2",
+            "trainer.optimizer.kind": "sgd",
+            "name": 7,
+        }
     )
     assert errors == {} and unknown == []
-    assert coerced == {"trainer.optimizer.lr": 0.01, "trainer.epochs": 5, "trainer.amp": False, "trainer.level": 2,
-                       "trainer.optimizer.kind": "sgd", "name": "7"}
+    assert coerced == {
+        "trainer.optimizer.lr": 0.01,
+        "trainer.epochs": 5,
+        "trainer.amp": False,
+        "trainer.level": 2,
+        "trainer.optimizer.kind": "sgd",
+        "name": "7",
+    }
 
 
 @pytest.mark.parametrize(
@@ -193,7 +180,12 @@ def test_flags_used_by_experiments_are_learnt(db, django_capture_on_commit_callb
     with django_capture_on_commit_callbacks(execute=True):
         ExperimentFactory(flags={"lr": 0.1, "epochs": 3, "amp": True, "name": "x"})
     rows = {r.path: r for r in FlagSchema.objects.filter(source="learnt")}
-    assert {p: r.type for p, r in rows.items()} == {"lr": "float", "epochs": "integer", "amp": "boolean", "name": "string"}
+    assert {p: r.type for p, r in rows.items()} == {
+        "lr": "float",
+        "epochs": "integer",
+        "amp": "boolean",
+        "name": "string",
+    }
     assert rows["epochs"].default == 3
 
 

@@ -9,7 +9,7 @@ from experiments.models import FlagSchema
 from tests.factories import FlagSchemaFactory
 
 USER_CODE = textwrap.dedent(
-    '''
+    """
     from enum import Enum
     from typing import Literal, Optional
     from pydantic import BaseModel, Field
@@ -27,7 +27,7 @@ USER_CODE = textwrap.dedent(
         layers: int
         act: Act = Act.GELU
         clip: Optional[float] = None
-    '''
+    """
 )
 
 
@@ -64,7 +64,11 @@ def test_import_flags_replaces_the_namespace(db, user_package):
     FlagSchemaFactory(namespace="elsewhere", path="stays")
     call_command("import_flags", f"{user_package}:TrainConfig", "--namespace", "lab")
     assert set(FlagSchema.objects.filter(namespace="lab").values_list("path", flat=True)) == {
-        "optimizer.lr", "optimizer.kind", "layers", "act", "clip"
+        "optimizer.lr",
+        "optimizer.kind",
+        "layers",
+        "act",
+        "clip",
     }
     assert FlagSchema.objects.filter(path="stays").exists()
     call_command("import_flags", f"{user_package}:TrainConfig", "--namespace", "lab")

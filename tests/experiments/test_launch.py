@@ -76,16 +76,35 @@ def test_empty_command_is_refused():
 @pytest.mark.django_db
 def test_launch_spec_carries_resources_and_names():
     exp = ExperimentFactory(
-        name="lr-sweep-3", command="python train.py", flags={"lr": 0.1}, accelerators="H100:8", num_nodes=2,
-        cpus="8+", memory="64", infra="aws/us-east-1", use_spot=True, disk_size=200, image_id="docker:img",
-        setup="pip install -r req.txt", envs={"WANDB_MODE": "offline"}, autostop_minutes=10,
+        name="lr-sweep-3",
+        command="python train.py",
+        flags={"lr": 0.1},
+        accelerators="H100:8",
+        num_nodes=2,
+        cpus="8+",
+        memory="64",
+        infra="aws/us-east-1",
+        use_spot=True,
+        disk_size=200,
+        image_id="docker:img",
+        setup="pip install -r req.txt",
+        envs={"WANDB_MODE": "offline"},
+        autostop_minutes=10,
     )
     spec = launch_spec(exp, 4)
     assert spec.job_name == "sd-lr-sweep-3-4"
     assert spec.cluster_name == "sd-lr-sweep-3"
     assert spec.command == "python train.py lr=0.1"
     assert spec.resources() | {} == {
-        "accelerators": "H100:8", "num_nodes": 2, "cpus": "8+", "memory": "64", "infra": "aws/us-east-1",
-        "use_spot": True, "disk_size": 200, "image_id": "docker:img", "autostop_minutes": 10, "managed": False,
+        "accelerators": "H100:8",
+        "num_nodes": 2,
+        "cpus": "8+",
+        "memory": "64",
+        "infra": "aws/us-east-1",
+        "use_spot": True,
+        "disk_size": 200,
+        "image_id": "docker:img",
+        "autostop_minutes": 10,
+        "managed": False,
     }
     assert spec.envs == {"WANDB_MODE": "offline"}

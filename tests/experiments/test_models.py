@@ -14,44 +14,6 @@ def test_names_that_cannot_have_a_page_are_refused(name):
     assert "name" in info.value.message_dict
 
 
-def test_spec_change_bumps_generation_and_status_change_does_not():
-    exp = ExperimentFactory(name="gen")
-    assert exp.generation == 1
-    exp.flags = {"lr": 0.1}
-    exp.save()
-    assert exp.generation == 2
-    exp.starred = True
-    exp.description = "words"
-    exp.save()
-    assert exp.generation == 2
-    exp.set_desired_state("RUNNING")
-    assert Experiment.objects.get(pk=exp.pk).generation == 2
-
-
-def test_set_desired_state_starts_a_new_run_and_audits(owner):
-    exp = ExperimentFactory(name="runs")
-    assert exp.set_desired_state("RUNNING", user=owner)
-    assert not exp.set_desired_state("RUNNING", user=owner)  # no change, no event
-    exp.set_desired_state("STOPPED", user=owner)
-    exp.set_desired_state("RUNNING", user=owner)
-    exp.refresh_from_db()
-    assert exp.run_number == 2
-    events = list(exp.events.filter(kind="desired_state").order_by("id").values_list("message", "user__username"))
-    assert events == [("Desired state STOPPED → RUNNING", "owner"), ("Desired state RUNNING → STOPPED", "owner"),
-                      ("Desired state STOPPED → RUNNING", "owner")]
-    with pytest.raises(ValidationError):
-        exp.set_desired_state("PAUSED")
-
-
-def test_out_of_date_when_the_active_job_runs_an_older_spec():
-    exp = ExperimentFactory(name="ood")
-    JobFactory(experiment=exp, attempt=1, status="RUNNING", generation=1)
-    assert not exp.out_of_date
-    exp.command = "echo v2"
-    exp.save()
-    assert exp.out_of_date
-
-
 @pytest.mark.parametrize("tags", [["a b"], ["x" * 51], "notalist", [1]])
 def test_bad_tags_are_refused(tags):
     with pytest.raises(ValidationError):
@@ -65,35 +27,42 @@ def test_tagged_filter_works_on_every_database():
     assert list(Experiment.objects.tagged("nlp").values_list("name", flat=True)) == ["t1"]
 
 
-def test_any_path_to_running_starts_a_new_run():
-    """The form, the admin, the API and plain ORM code all save(): a new run starts there."""
-    exp = ExperimentFactory(name="orm-path", desired_state="STOPPED")
-    exp = Experiment.objects.get(pk=exp.pk)
+def test_save_never_bumps_generation_or_run():
+    """Bumps belong to ``experiments.intent``; a plain save writes what it is given."""
+    exp = ExperimentFactory(name="plain")
+    exp.flags = {"lr": 0.1}
     exp.desired_state = "RUNNING"
-    exp.failure_count = 2
     exp.save()
-    exp = Experiment.objects.get(pk=exp.pk)
-    assert (exp.run_number, exp.failure_count) == (1, 0)
-    exp.description = "still running"
-    exp.save()
-    assert Experiment.objects.get(pk=exp.pk).run_number == 1  # no new run without a change of state
-    exp.request_restart()
-    assert Experiment.objects.get(pk=exp.pk).run_number == 2  # exactly one bump
-    exp = Experiment.objects.get(pk=exp.pk)
-    exp.set_desired_state("STOPPED")
-    exp.set_desired_state("RUNNING")
-    assert Experiment.objects.get(pk=exp.pk).run_number == 3
+    exp.refresh_from_db()
+    assert (exp.generation, exp.run_number) == (1, 0)
 
 
-def test_delete_idle_keeps_experiments_with_an_active_job_and_audits_the_rest(owner):
-    from experiments.models import Event
+def test_out_of_date_when_the_active_job_runs_an_older_spec():
+    exp = ExperimentFactory(name="ood", generation=2)
+    JobFactory(experiment=exp, attempt=1, status="RUNNING", generation=1)
+    assert exp.out_of_date
+    exp.generation = 1
+    assert not exp.out_of_date
 
-    idle = ExperimentFactory(name="idle")
-    JobFactory(experiment=idle, attempt=1, status="SUCCEEDED")
-    busy = ExperimentFactory(name="busy")
-    JobFactory(experiment=busy, attempt=1, status="RUNNING")
-    deleted, kept = Experiment.objects.filter(name__in=["idle", "busy"]).delete_idle(user=owner)
-    assert (deleted, kept) == (["idle"], ["busy"])
-    assert list(Experiment.objects.values_list("name", flat=True)) == ["busy"]
-    event = Event.objects.get(kind="delete")
-    assert (event.message, event.user, event.experiment) == ("Deleted experiment idle", owner, None)
+
+@pytest.mark.parametrize(
+    ("desired", "phase", "finished", "shows_desired"),
+    [
+        ("RUNNING", "RUNNING", False, False),
+        ("RUNNING", "LAUNCHING", False, True),
+        ("RUNNING", "SUCCEEDED", True, False),
+        ("RUNNING", "FAILED", True, False),
+        ("STOPPED", "STOPPED", False, False),
+        ("STOPPED", "STOPPING", False, True),
+        ("TERMINATED", "SUCCEEDED", False, True),
+    ],
+)
+def test_the_state_says_when_a_run_has_finished(desired, phase, finished, shows_desired):
+    exp = Experiment(name="s", desired_state=desired, phase=phase)
+    assert (exp.run_finished, exp.shows_desired) == (finished, shows_desired)
+
+
+def test_local_backend_refuses_what_it_cannot_do():
+    with pytest.raises(ValidationError) as info:
+        Experiment(name="loc", command="true", backend="local", managed=True, num_nodes=2).full_clean()
+    assert set(info.value.message_dict) >= {"managed", "num_nodes"}

@@ -32,11 +32,15 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from None
             namespace = namespace or cls.__name__
             rows = import_model(cls, namespace)
-            self.stdout.write(self.style.SUCCESS(f"Imported {len(rows)} flags from {model} into namespace {namespace!r}."))
+            self.stdout.write(
+                self.style.SUCCESS(f"Imported {len(rows)} flags from {model} into namespace {namespace!r}.")
+            )
             for row in rows:
                 extra = f" choices={row.choices}" if row.choices else ""
                 required = " required" if row.required else ""
-                self.stdout.write(f"  {row.path}: {row.type} ({row.type_name}) default={row.default!r}{extra}{required}")
+                self.stdout.write(
+                    f"  {row.path}: {row.type} ({row.type_name}) default={row.default!r}{extra}{required}"
+                )
         if learn:
             learn_from_experiments()
             self.stdout.write(self.style.SUCCESS("Learnt the flags used by existing experiments."))
