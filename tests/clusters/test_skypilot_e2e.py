@@ -11,6 +11,7 @@ so the worker does all SkyPilot work. Measured times are printed, not asserted.
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -65,7 +66,22 @@ def slurm_worker(request, transactional_db):
     _down_leftover_clusters()  # a run killed half-way may have left some: their jobs' names would be taken
     worker = request.getfixturevalue("celery_worker_process")
     yield worker
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print(_story(worker[1]))
     _down_leftover_clusters()
+
+
+def _story(log, lines=150):
+    """What a failed run leaves for whoever reads CI's output: every experiment's history, the worker's steps."""
+    told = [f"E2E-HISTORY {history(exp)}" for exp in Experiment.objects.order_by("id")]
+    acted = re.compile(r"'[\w-]+: (?!nothing )[a-z_]+ \(")  # a reconcile outcome that did something
+    steps = [
+        line[:400]
+        for line in Path(log).read_text(errors="replace").splitlines()
+        if "WARNING/" in line or "ERROR/" in line or acted.search(line) or ("poll[" in line and ": ['" in line)
+    ]
+    return "\n".join([*told, "E2E-WORKER (its last steps):", *steps[-lines:]])
 
 
 def patiently(fn, *args, tries=6, pause=10.0):
@@ -167,6 +183,12 @@ def poll_seconds(samples=1):
         poll_all(["skypilot"])
         times.append(time.monotonic() - started)
     return sorted(times)[len(times) // 2]
+
+
+def history(exp):
+    """What an assertion about ``exp`` prints when it fails: its jobs and its events, in order."""
+    jobs = [(j.attempt, j.status, j.failure_reason, j.error_message[-200:]) for j in exp.jobs.order_by("attempt")]
+    return exp.name, jobs, list(exp.events.order_by("id").values_list("message", flat=True))
 
 
 def saw(exp, status, attempt=None):
@@ -294,10 +316,11 @@ def test_a_sweep_runs_side_by_side_to_every_outcome_and_leaves_no_cluster_up(sho
     long.refresh_from_db()
     set_state(long, "TERMINATED")  # torn down while the others finish
 
-    RELEASE.touch()
     finishing = [ok, crash]
-    drive_until(lambda: all(job_status(e) in {"SUCCEEDED", "FAILED", "LOST"} for e in finishing), timeout=TIMEOUT,
-                message="the released jobs to end")  # fmt: skip
+    released = {exp.pk: job_of(exp) for exp in finishing}  # the attempts that wait for the release
+    RELEASE.touch()
+    drive_until(lambda: all(Experiment.objects.get(pk=e.pk).phase in {"SUCCEEDED", "FAILED"} for e in finishing),
+                timeout=2 * TIMEOUT, message="the released runs to end")  # fmt: skip
     drive_until(lambda: Experiment.objects.get(pk=fail.pk).phase == "FAILED", timeout=TIMEOUT,
                 message="the failing experiment to give up")  # fmt: skip
     # The exit codes come with the last copy of each job's log: within the poll when SkyPilot answers
@@ -305,10 +328,16 @@ def test_a_sweep_runs_side_by_side_to_every_outcome_and_leaves_no_cluster_up(sho
     drive_until(lambda: not fail.jobs.filter(exit_codes__isnull=True).exists(), timeout=120.0, message="exit codes")
 
     for exp in finishing:
+        ran = Job.objects.get(pk=released[exp.pk].pk)
         job = job_of(exp)
-        assert job.status == "SUCCEEDED" and job.exit_code == 0, (exp.name, job.status, job.error_message)
-        assert saw(exp, "RUNNING") and saw(exp, "SUCCEEDED"), list(exp.events.values_list("message", flat=True))
-        assert job.log_complete and "tick 1\n" in read_log(job), (exp.name, read_log(job)[-300:])
+        if job.pk != ran.pk:
+            # The node failed the released attempt under SkyDeck (its driver died, or its cluster stopped
+            # answering): SkyDeck ran it again, as it must after an infrastructure failure, never a user's.
+            print(f"E2E-NOTE {exp.name} was run again after an infrastructure failure: {history(exp)}")
+            assert ran.failure_kind == "infra" and ran.status in {"FAILED", "FAILED_DRIVER", "LOST"}, history(exp)
+        assert job.status == "SUCCEEDED" and job.exit_code == 0, history(exp)
+        assert saw(exp, "RUNNING", ran.attempt) and saw(exp, "SUCCEEDED"), history(exp)
+        assert job.log_complete and "tick 1\n" in read_log(ran), (exp.name, read_log(ran)[-300:])
     ok_job = job_of(ok)
     assert ok_job.cost == 0.0  # SkyPilot's cost report prices a Slurm allocation at zero
     assert "hello from skydeck" in read_log(ok_job) and "done lr=0.1" in read_log(ok_job)
