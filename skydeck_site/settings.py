@@ -468,6 +468,14 @@ else:
             "LOCATION": str(VAR_DIR / "cache"),
         }
     }
+# The experiments list's drawn rows, kept per process: each is a pure function of its key, so no
+# process needs another's, and a lookup costs no I/O.
+CACHES["rows"] = {
+    "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+    "LOCATION": "skydeck-rows",
+    "TIMEOUT": 3600,
+    "OPTIONS": {"MAX_ENTRIES": 5000},
+}
 
 # Failed logins (django-axes, counted in the database): an address that fails this many times for
 # one user name is refused for that user name for the cool-off, even with the right password.

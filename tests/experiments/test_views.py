@@ -257,6 +257,31 @@ def test_an_unchanged_list_poll_answers_204_until_anything_it_shows_changes(owne
     assert owner_client.get(f"/?tag=t&token={token}", headers=HX).status_code == 204
 
 
+def test_the_list_draws_a_row_again_only_when_what_it_shows_changed(owner_client):
+    from django.core.cache import caches
+
+    caches["rows"].clear()
+    a = ExperimentFactory(name="row-a", tags=["r"], phase="PENDING")
+    ExperimentFactory(name="row-b", tags=["r"])
+
+    def drawn(response):
+        return [t.name for t in response.templates].count("row")  # the partial, by its name
+
+    first = owner_client.get("/?tag=r", headers=HX)
+    assert drawn(first) == 2
+    again = owner_client.get("/?tag=r", headers=HX)
+    assert drawn(again) == 0 and again.content == first.content  # both rows kept, the same bytes
+    Experiment.objects.filter(pk=a.pk).update(phase="FAILED", status_reason="RestartLimitReached")
+    JobFactory(experiment=a, attempt=1, status="FAILED")
+    changed = owner_client.get("/?tag=r", headers=HX)
+    assert drawn(changed) == 1  # only the row that changed
+    body = changed.content.decode()
+    assert "RestartLimitReached" in body and "row-b" in body
+    # What the row shows for this request (its selection) is part of what is kept.
+    selected = owner_client.get(f"/?tag=r&selected={a.pk}", headers=HX)
+    assert drawn(selected) == 1 and 'class="is-selected"' in selected.content.decode()
+
+
 @pytest.mark.parametrize("n", [10, 1000])
 def test_detail_live_fragment_uses_a_fixed_number_of_queries(owner_client, django_assert_max_num_queries, n):
     e = ExperimentFactory(name="many")
