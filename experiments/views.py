@@ -6,28 +6,24 @@ changed (``skydeck_site.htmx``).
 """
 
 import functools
-import hashlib
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
-from django.conf import settings
 from django.contrib import messages
-from django.core.cache import caches
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef, Subquery, Sum
 from django.http import QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from clusters.backends import get_backend
 from clusters.backends.base import infra_cannot_stop
 from clusters.models import Cluster
+from skydeck_site.fragments import draw_each
 from skydeck_site.htmx import change_token, confirm, live_token, page_or_fragment, safe_next
 
 from . import file_views, intent, logs, revision
@@ -251,9 +247,11 @@ def spend_of(spent, budget):
 
 def build_rows(experiments, jobs, flag_columns, selected):
     list_url = reverse("experiments:list")
+    # One reverse for the page, not one per row (names are URL-safe slugs; quote() keeps them so).
+    detail_url = reverse("experiments:detail", args=["_name_"])  # (no experiment name has "_")
     rows = []
     for e in experiments:
-        url = reverse("experiments:detail", args=[e.name])
+        url = detail_url.replace("/_name_/", f"/{quote(e.name, safe='')}/", 1)
         job = jobs.get(e.last_job_id)
         flags = e.flags if isinstance(e.flags, dict) else {}
         cells = []
@@ -290,46 +288,29 @@ ROW_JOB_FIELDS = ("id", "attempt", "status", "started_at", "ended_at", "generati
 ROW_TEMPLATES = ("experiments/list.html", "experiments/state.html", "experiments/metrics.html")
 
 
-def _templates_version():
-    """Changes when a template the row is drawn from changes (a deploy, or an edit while developing)."""
-    stats = [(Path(settings.BASE_DIR) / "templates" / name).stat() for name in ROW_TEMPLATES]
-    return "-".join(f"{int(st.st_mtime_ns)}.{st.st_size}" for st in stats)
-
-
-def _row_key(row, version, show_metric):
+def _row_facts(row, show_metric):
     e, job = row.experiment, row.job
     deferred = e.get_deferred_fields()
-    facts = (
+    return (
         [getattr(e, f) for f in ROW_EXPERIMENT_FIELDS if f not in deferred],
         [getattr(job, f) for f in ROW_JOB_FIELDS] if job else None,
         row.selected, row.flags, row.wandb, row.spend, row.over_budget,
         row.metric if show_metric else None, show_metric,
     )  # fmt: skip
-    digest = hashlib.blake2b(repr(facts).encode(), digest_size=16).hexdigest()
-    return f"row:{version}:{digest}"
 
 
 def render_rows(request, rows, show_metric):
-    """Each row's HTML, drawn once and kept while nothing it shows changes (the "rows" cache).
-
-    Rendering 50 rows through the template engine is most of the list's time; a poll or a
-    reload after one change draws one row again, not fifty. Ages in a kept row are the ones
-    of when it was drawn: the browser counts them on from their timestamps as soon as the
-    fragment lands (skydeck.js), so nothing stale is seen.
-    """
-    cache = caches["rows"]
-    version = _templates_version()
-    keys = [_row_key(row, version, show_metric) for row in rows]
-    kept = cache.get_many(keys)
-    drawn = {}
-    for row, key in zip(rows, keys, strict=True):
-        html = kept.get(key)
-        if html is None:
-            html = render_to_string("experiments/list.html#row", {"row": row, "metric": show_metric}, request)
-            drawn[key] = html
-        row.html = mark_safe(html)  # drawn by the template engine, which escaped it
-    if drawn:
-        cache.set_many(drawn)
+    """Each row's HTML, drawn once and kept while nothing it shows changes (``skydeck_site.fragments``)."""
+    drawn = draw_each(
+        request,
+        "experiments/list.html#row",
+        rows,
+        lambda row: _row_facts(row, show_metric),
+        lambda row: {"row": row, "metric": show_metric},
+        templates=ROW_TEMPLATES,
+    )
+    for row, html in zip(rows, drawn, strict=True):
+        row.html = html
     return rows
 
 
@@ -347,7 +328,8 @@ def list_filters(request, data=None):
     return ExperimentFilter(data, queryset=list_queryset(), request=request)
 
 
-def _list_context(request):
+def _list_context(request, token=None):
+    """The list page's context; ``token``: its live token when there is one (else one is made of what it shows)."""
     filters = list_filters(request)
     paginator = Paginator(filters.qs, page_size(request))
     page = paginator.get_page(request.GET.get("page"))
@@ -361,7 +343,7 @@ def _list_context(request):
     columns = flag_columns(request, experiments)
     query = list_query(request)
     selected = set(request.GET.getlist("selected"))
-    token = change_token(
+    token = token or change_token(
         query.urlencode(),
         page.number,
         paginator.count,
@@ -439,7 +421,7 @@ def experiment_list(request):
         context = _list_context(request)
         return page_or_fragment(request, "experiments/list.html", "table", context, token=context["token"])
     return page_or_fragment(
-        request, "experiments/list.html", "table", lambda: {**_list_context(request), "token": token}, token=token
+        request, "experiments/list.html", "table", lambda: _list_context(request, token), token=token
     )
 
 
@@ -669,6 +651,45 @@ def guardrails_of(experiment, jobs, active):
     )
 
 
+DETAIL_TEMPLATES = ("experiments/detail.html", "experiments/state.html")
+JOB_FACTS = ("id", "created_at", *revision.TRACKED["experiments_job"])
+
+
+def _summary_facts(job):
+    """What a job's summary depends on: its error message, or the output copy it is read from."""
+    if isinstance(job.summary, str):
+        return job.summary
+    try:
+        stat = os.stat(job.log_path)
+    except OSError:
+        return None
+    return job.log_path, stat.st_mtime_ns, stat.st_size
+
+
+def draw_history(request, experiment, jobs, events, selected):
+    """The jobs table's and the timeline's rows (``job.row_html``, ``ev.row_html``), kept while unchanged."""
+    common = {"experiment": experiment, "selected_job": selected}
+    for job, html in zip(jobs, draw_each(
+        request,
+        "experiments/detail.html#job_row",
+        jobs,
+        lambda j: (experiment.name, experiment.generation, [getattr(j, f) for f in JOB_FACTS], j == selected,
+                   _summary_facts(j)),
+        lambda j: {**common, "job": j},
+        templates=DETAIL_TEMPLATES,
+    ), strict=True):  # fmt: skip
+        job.row_html = html
+    for ev, html in zip(events, draw_each(
+        request,
+        "experiments/detail.html#event_row",
+        events,
+        lambda e: (experiment.name, e.pk, e.kind, e.message, e.created_at, e.who, e.job.attempt if e.job else None),
+        lambda e: {**common, "ev": e},
+        templates=DETAIL_TEMPLATES,
+    ), strict=True):  # fmt: skip
+        ev.row_html = html
+
+
 def _detail_context(request, experiment, attempt=None):
     jobs = list(experiment.jobs.all()[:JOB_HISTORY_LIMIT])
     events = list(experiment.events.select_related("user", "job").all()[:EVENT_LIMIT])
@@ -682,6 +703,7 @@ def _detail_context(request, experiment, attempt=None):
     out_of_date = active is not None and active.generation < experiment.generation
     last_job = jobs[0] if jobs else None
     _attach_summaries(jobs)
+    draw_history(request, experiment, jobs, events, selected)
     failed_last = last_job is not None and active is None and last_job.status in FAILED_JOB_STATUSES
     guardrails = guardrails_of(experiment, jobs, active)
     try:
