@@ -64,7 +64,7 @@ TRACKED = {
         "max_runtime_minutes", "limit_action", "stall_minutes", "stall_action", "tags", "sweep_id", "starred",
         "desired_state", "generation", "run_number", "owner_id", "group_id", "observed_generation", "phase",
         "status_reason", "status_message", "failure_count", "next_attempt_at", "cluster_request_id",
-        "cluster_request_kind", "cluster_idle_until", "halt_reason", "halt_message",
+        "cluster_request_kind", "cluster_idle_until", "halt_reason", "halt_message", "reconciled_run",
     ),
     "experiments_job": (
         "attempt", "run_number", "generation", "backend", "name", "command", "flags", "resources", "cluster_name",
@@ -83,7 +83,11 @@ TRACKED = {
     ),
 }  # fmt: skip
 
-BUMP = "UPDATE experiments_revision SET value = value + 1 WHERE id = 1"
+# (The row is made again if it went: `manage.py flush`, and a test database flushed between tests.)
+BUMP = (
+    "INSERT OR IGNORE INTO experiments_revision (id, value) VALUES (1, 0); "
+    "UPDATE experiments_revision SET value = value + 1 WHERE id = 1"
+)
 
 
 def trigger_sql(vendor, tracked=TRACKED):
