@@ -301,16 +301,15 @@ def _row_facts(row, show_metric):
 
 def render_rows(request, rows, show_metric):
     """Each row's HTML, drawn once and kept while nothing it shows changes (``skydeck_site.fragments``)."""
-    drawn = draw_each(
+    draw_each(
         request,
         "experiments/list.html#row",
         rows,
         lambda row: _row_facts(row, show_metric),
         lambda row: {"row": row, "metric": show_metric},
         templates=ROW_TEMPLATES,
+        into="html",
     )
-    for row, html in zip(rows, drawn, strict=True):
-        row.html = html
     return rows
 
 
@@ -669,25 +668,27 @@ def _summary_facts(job):
 def draw_history(request, experiment, jobs, events, selected):
     """The jobs table's and the timeline's rows (``job.row_html``, ``ev.row_html``), kept while unchanged."""
     common = {"experiment": experiment, "selected_job": selected}
-    for job, html in zip(jobs, draw_each(
+    draw_each(
         request,
         "experiments/detail.html#job_row",
         jobs,
-        lambda j: (experiment.name, experiment.generation, [getattr(j, f) for f in JOB_FACTS], j == selected,
-                   _summary_facts(j)),
+        lambda j: (
+            experiment.name, experiment.generation, [getattr(j, f) for f in JOB_FACTS], j == selected,
+            _summary_facts(j),
+        ),
         lambda j: {**common, "job": j},
         templates=DETAIL_TEMPLATES,
-    ), strict=True):  # fmt: skip
-        job.row_html = html
-    for ev, html in zip(events, draw_each(
+        into="row_html",
+    )  # fmt: skip
+    draw_each(
         request,
         "experiments/detail.html#event_row",
         events,
         lambda e: (experiment.name, e.pk, e.kind, e.message, e.created_at, e.who, e.job.attempt if e.job else None),
         lambda e: {**common, "ev": e},
         templates=DETAIL_TEMPLATES,
-    ), strict=True):  # fmt: skip
-        ev.row_html = html
+        into="row_html",
+    )
 
 
 def _detail_context(request, experiment, attempt=None):

@@ -26,8 +26,8 @@ def _version(templates):
     return "-".join(f"{st.st_mtime_ns}.{st.st_size}" for st in stats)
 
 
-def draw_each(request, partial, items, facts_of, context_of, *, templates):
-    """The HTML of each item, drawn with ``partial`` ("file.html#name") or taken from the cache.
+def draw_each(request, partial, items, facts_of, context_of, *, templates, into):
+    """Set each item's ``into`` attribute to its HTML, drawn with ``partial`` ("file.html#name") or kept.
 
     ``facts_of(item)`` must hold everything the drawn row depends on; ``templates``
     names every file the partial draws from (its own and those it includes).
@@ -40,12 +40,10 @@ def draw_each(request, partial, items, facts_of, context_of, *, templates):
         keys.append(f"{partial}:{version}:{digest}")
     kept = cache.get_many(keys)
     drawn = {}
-    html = []
     for item, key in zip(items, keys, strict=True):
         text = kept.get(key)
         if text is None:
             text = drawn[key] = render_to_string(partial, context_of(item), request)
-        html.append(mark_safe(text))  # drawn by the template engine, which escaped it
+        setattr(item, into, mark_safe(text))  # drawn by the template engine, which escaped it
     if drawn:
         cache.set_many(drawn)
-    return html
